@@ -1,0 +1,45 @@
+# Two commands on a fresh machine: `make serve` and `make test`. Everything else is set-up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Ray 2.60 turns token auth on by default; one local machine runs with it off, set
+# before the cluster starts so the `serve` and `ray job` CLIs agree with it.
+export RAY_AUTH_MODE ?= disabled
+
+.PHONY: install redis lint test serve stop bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# From this machine's disk; pip finds them, poetry and uv would download ~3 GB.
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+redis:
+	@command -v redis-server >/dev/null || { apt-get update -q && apt-get install -y -q redis-server; }
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: install redis lint
+	$(BIN)/pytest
+
+serve: install
+	$(BIN)/python -m deployments.serve
+
+stop:
+	-$(BIN)/serve shutdown -y
+	-$(BIN)/ray stop
+
+bench: install
+	$(BIN)/python scripts/bench_preprocess.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,436 @@
+"""The HTTP edge: auth, limits, the original service's routes, and its error format.
+
+No `from __future__ import annotations` here: Serve's class ingress needs real annotations.
+"""
+
+import asyncio
+import base64
+import hmac
+import importlib.metadata
+import io
+import logging
+import os
+import time
+import uuid
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from PIL import Image
+from pydantic import BaseModel
+from ray import serve
+from ray.serve.exceptions import BackPressureError, RequestCancelledError
+from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from deployments.rollout import rollout_model
+from handai import registry
+from handai.config import Settings, load_settings
+from handai.errors import STATUS, ErrorCode, HandaiError
+from handai.inference import Prediction
+from handai.preprocess import Preprocessed
+
+log = logging.getLogger("ray.serve")
+SERVICE = "handai"
+MODEL_UPLOAD_LIMIT = 512 * 1024 * 1024
+MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the image
+
+
+class TopK(BaseModel):
+    digit: int
+    prob: float
+
+
+class ReadResponse(BaseModel):
+    digit: int
+    confidence: float
+    probs: list[float]
+    top_k: list[TopK]
+    model_id: str
+    uncertain: bool
+    latency_ms: float
+    visual_png_b64: str | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    request_id: str
+
+
+def request_id_of(request: Request) -> str:
+    return str(getattr(request.state, "request_id", "")) or uuid.uuid4().hex
+
+
+def error_response(
+    request: Request, code: ErrorCode, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    rid = request_id_of(request)
+    body = ErrorBody(code=code, message=message, request_id=rid).model_dump()
+    return JSONResponse(body, status_code=STATUS[code], headers=headers)
+
+
+class RequestContext:
+    """Pure ASGI middleware: request ids and body limits before any route runs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        # Serve's proxy puts X-Request-ID (the client's, or one it made) on the request and
+        # echoes it on the response; the error body carries the same id.
+        rid = headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        if scope["path"].startswith("/v1/admin/"):
+            limit = MODEL_UPLOAD_LIMIT
+        else:
+            limit = scope["app"].state.settings.digits.max_image_bytes + MULTIPART_SLACK
+
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await self._too_large(rid, limit, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise HandaiError("too_large", f"expected a body of at most {limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+    @staticmethod
+    async def _too_large(rid: str, limit: int, send: Send) -> None:
+        body = (
+            ErrorBody(
+                code="too_large",
+                message=f"expected a body of at most {limit} bytes",
+                request_id=rid,
+            )
+            .model_dump_json()
+            .encode()
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class ActivateRequest(BaseModel):
+    model_id: str
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.errors = Counter(
+            "handai_errors_total", description="Errors by code.", tag_keys=("code",)
+        )
+        self.reads = Counter(
+            "handai_reads_total", description="Answers by digit.", tag_keys=("digit",)
+        )
+        self.uncertain = Counter("handai_uncertain_total", description="Uncertain answers.")
+
+
+app = FastAPI(title="Handai", version=importlib.metadata.version("handai"))
+app.add_middleware(RequestContext)
+
+
+def settings_of(request: Request) -> Settings:
+    found: Settings = request.app.state.settings
+    return found
+
+
+def count_error(request: Request, code: str) -> None:
+    metrics: Metrics | None = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.errors.inc(tags={"code": code})
+
+
+@app.exception_handler(HandaiError)
+async def handai_error(request: Request, exc: HandaiError) -> JSONResponse:
+    count_error(request, exc.code)
+    headers = {"Retry-After": "1"} if exc.code in ("overloaded", "service_not_ready") else None
+    return error_response(request, exc.code, exc.message, headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first["loc"])
+    count_error(request, "invalid_request")
+    return error_response(request, "invalid_request", f"{where}: {first['msg']}")
+
+
+@app.exception_handler(HTTPException)
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    codes: dict[int, ErrorCode] = {404: "not_found", 405: "method_not_allowed"}
+    code = codes.get(exc.status_code, "invalid_request")
+    detail = exc.detail if isinstance(exc.detail, str) else "invalid request"
+    if code == "not_found":
+        detail = f"no route {request.method} {request.url.path}"
+    response = error_response(request, code, detail)
+    response.status_code = exc.status_code
+    return response
+
+
+@app.exception_handler(Exception)
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    cause = _handai_cause(exc)
+    if cause is not None:
+        return await handai_error(request, cause)
+    log.exception("unexpected error", extra={"request_id": request_id_of(request)})
+    count_error(request, "internal_error")
+    return error_response(request, "internal_error", "unexpected error; it has been logged")
+
+
+def _handai_cause(exc: BaseException) -> HandaiError | None:
+    """Ray wraps errors raised in other deployments; find ours inside."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, HandaiError):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return None
+
+
+def require_key(request: Request) -> None:
+    security = settings_of(request).security
+    if not security.api_key_enabled or security.api_key is None:
+        return
+    given = request.headers.get("x-api-key", "")
+    if not hmac.compare_digest(given.encode(), security.api_key.get_secret_value().encode()):
+        raise HandaiError("unauthorized", "missing or wrong X-Api-Key")
+
+
+Authorized = Annotated[None, Depends(require_key)]
+
+
+async def read_form(request: Request, max_files: int = 2) -> FormData:
+    ctype = request.headers.get("content-type", "")
+    body_expected = request.headers.get("content-length", "1") != "0"
+    if not body_expected:
+        raise HandaiError("malformed_multipart", "expected a multipart/form-data body, got none")
+    if not ctype.lower().startswith("multipart/form-data"):
+        raise HandaiError(
+            "unsupported_media_type", f"expected multipart/form-data, got {ctype or 'none'}"
+        )
+    try:
+        return await request.form(max_files=max_files, max_fields=10)
+    except (MultiPartException, HTTPException) as exc:  # starlette wraps the first in the second
+        detail = getattr(exc, "detail", None) or getattr(exc, "message", str(exc))
+        raise HandaiError("malformed_multipart", f"could not parse the upload: {detail}") from None
+
+
+async def single_file(form: FormData, name: str, limit: int) -> bytes:
+    parts = form.getlist(name)
+    if len(parts) != 1 or not isinstance(parts[0], UploadFile):
+        got = ", ".join(sorted(set(form.keys()))) or "no parts"
+        raise HandaiError(
+            "malformed_multipart",
+            f"expected one file part named {name!r}, got {got}"
+            + (f" ({len(parts)} parts named {name!r})" if len(parts) > 1 else ""),
+        )
+    part = parts[0]
+    declared = (part.content_type or "").split(";")[0].strip().lower()
+    if (
+        name == "file"
+        and declared
+        and not (declared.startswith("image/") or declared == "application/octet-stream")
+    ):
+        raise HandaiError("unsupported_media_type", f"expected an image file, got {declared}")
+    data = await part.read(limit + 1)
+    if len(data) > limit:
+        raise HandaiError("too_large", f"expected a file of at most {limit} bytes")
+    return data
+
+
+def preview_png(image: Preprocessed, max_kb: int) -> str | None:
+    buf = io.BytesIO()
+    Image.fromarray(image.preview).resize((112, 112), Image.Resampling.NEAREST).save(
+        buf, format="PNG", optimize=True
+    )
+    if buf.tell() > max_kb * 1024:
+        return None
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _model_deployment_healthy() -> bool:
+    status = serve.status()
+    for application in status.applications.values():
+        model = application.deployments.get("Model")
+        if model is not None:
+            return str(model.status) in ("HEALTHY", "DeploymentStatus.HEALTHY")
+    return False
+
+
+def _read_response(
+    prediction: Prediction, model_id: str, start: float, visual: str | None
+) -> ReadResponse:
+    return ReadResponse(
+        digit=prediction.digit,
+        confidence=prediction.confidence,
+        probs=prediction.probs,
+        top_k=[TopK(digit=d, prob=p) for d, p in prediction.top_k],
+        model_id=model_id,
+        uncertain=prediction.uncertain,
+        latency_ms=(time.perf_counter() - start) * 1000,
+        visual_png_b64=visual,
+    )
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    def __init__(self, preprocess: DeploymentHandle[Any], model: DeploymentHandle[Any]) -> None:
+        self.preprocess = preprocess
+        self.model = model
+        self.settings = load_settings()
+        self.metrics = Metrics()
+        app.state.settings = self.settings
+        app.state.metrics = self.metrics
+        self.timeout = self.settings.digits.predict_timeout_seconds
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(self) -> JSONResponse:
+        try:
+            info = await asyncio.wait_for(self.model.info.remote(), timeout=5.0)
+            ready = await asyncio.to_thread(_model_deployment_healthy)
+        except Exception as exc:  # not ready, whatever the reason; say why in the log
+            log.warning("not ready: %r", exc)
+            info, ready = {}, False
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "model_loaded": bool(info),
+            "model_id": info.get("model_id"),
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/version")
+    async def version(self) -> dict[str, str]:
+        return {
+            "service": SERVICE,
+            "version": importlib.metadata.version("handai"),
+            "build": os.environ.get("HANDAI_BUILD", "dev"),
+            "commit": os.environ.get("HANDAI_COMMIT", "unknown"),
+        }
+
+    @app.get("/v1/models/active")
+    async def active_model(self) -> dict[str, Any]:
+        info = await self._model_info()
+        fields = (
+            "model_id",
+            "arch",
+            "n_classes",
+            "version",
+            "created_at",
+            "schema_version",
+            "val_acc",
+            "temperature",
+        )
+        return {"model_loaded": True, **{k: info.get(k) for k in fields}}
+
+    @app.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        active = (await self._model_info()).get("model_id")
+        manifests = await asyncio.to_thread(registry.list_manifests, self.settings.digits.model_dir)
+        return {
+            "active_model_id": active,
+            "models": [{**m.public(), "active": m.model_id == active} for m in manifests],
+        }
+
+    @app.post("/v1/read", response_model=ReadResponse)
+    @app.post("/v1/predict", response_model=ReadResponse)
+    async def read(
+        self,
+        request: Request,
+        _: Authorized,
+        invert: Annotated[bool | None, Query()] = None,
+        center: Annotated[bool, Query()] = True,
+        visualize: Annotated[bool, Query()] = False,
+        tta: Annotated[bool | None, Query()] = None,
+    ) -> ReadResponse:
+        start = time.perf_counter()
+        form = await read_form(request)
+        data = await single_file(form, "file", self.settings.digits.max_image_bytes)
+        # `center` is kept for the bot's old URLs: centring is what the model was trained on.
+        del center
+        # Chained without awaiting in between: Ray passes the tensor straight to the Model.
+        pre = self.preprocess.remote(data, invert)
+        answer = self.model.predict.remote(pre, tta)
+        try:
+            model_id, prediction = await asyncio.wait_for(answer, timeout=self.timeout)
+            visual = (
+                preview_png(await pre, self.settings.digits.visualize_max_kb) if visualize else None
+            )
+        except TimeoutError:
+            answer.cancel()  # type: ignore[no-untyped-call]
+            raise HandaiError("timeout", f"no answer within {self.timeout:g} s") from None
+        except BackPressureError:
+            raise HandaiError("overloaded", "too many requests in flight; retry shortly") from None
+        except RequestCancelledError:
+            raise HandaiError("timeout", "the request was cancelled") from None
+        self.metrics.reads.inc(tags={"digit": str(prediction.digit)})
+        if prediction.uncertain:
+            self.metrics.uncertain.inc()
+        return _read_response(prediction, model_id, start, visual)
+
+    @app.post("/v1/admin/models/upload")
+    async def upload(self, request: Request, _: Authorized) -> dict[str, Any]:
+        form = await read_form(request, max_files=2)
+        manifest = await single_file(form, "manifest", 1024 * 1024)
+        weights = await single_file(form, "model", MODEL_UPLOAD_LIMIT)
+        model_id = str(form.get("model_id") or "")
+        activate = str(form.get("activate") or "false").lower() in ("1", "true", "yes", "on")
+        installed = await asyncio.to_thread(
+            registry.install, self.settings.digits.model_dir, model_id, manifest, weights
+        )
+        if activate:
+            await self._activate(model_id)
+        return {
+            "model_id": installed.model_id,
+            "installed": True,
+            "active": activate,
+            "manifest": installed.public(),
+        }
+
+    @app.post("/v1/admin/models/activate")
+    async def activate(self, body: ActivateRequest, _: Authorized) -> dict[str, Any]:
+        await asyncio.to_thread(registry.load, self.settings.digits.model_dir, body.model_id)
+        await self._activate(body.model_id)
+        return {"model_id": body.model_id, "active": True}
+
+    async def _activate(self, model_id: str) -> None:
+        await rollout_model(model_id)
+        registry.set_active(self.settings.digits.model_dir, model_id)
+
+    async def _model_info(self) -> dict[str, Any]:
+        try:
+            info: dict[str, Any] = await asyncio.wait_for(self.model.info.remote(), timeout=5.0)
+        except TimeoutError:
+            raise HandaiError("service_not_ready", "the model is not answering") from None
+        return info

@@ -1,0 +1,123 @@
+"""The Model deployment: batched ResNet-18 with test-time augmentation, swapped by reconfigure()."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.metrics import Histogram
+
+from handai import registry
+from handai.config import Settings, load_settings
+from handai.errors import HandaiError
+from handai.inference import Engine, Prediction, bf16_faster
+from handai.manifest import Manifest
+from handai.preprocess import Preprocessed
+
+log = logging.getLogger("ray.serve")
+
+
+class ModelConfig(BaseModel):
+    """The Model deployment's user_config: changing it reconfigures replicas in place."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_id: str = ""  # empty: the registry's active pointer, then settings, then the newest
+    tta: bool | None = None  # default for requests that don't say; None: settings.digits.tta
+    max_batch_size: Annotated[int, Field(ge=1, le=512)] = 32
+    batch_wait_timeout_s: Annotated[float, Field(ge=0.0, le=1.0)] = 0.004
+
+
+@dataclass(frozen=True)
+class Active:
+    """Swapped as one reference, so a batch never sees half of an old and half of a new model."""
+
+    manifest: Manifest
+    engine: Engine
+
+
+@serve.deployment
+class Model:
+    def __init__(self) -> None:
+        self.settings: Settings = load_settings()
+        if self.settings.app.threads:
+            torch.set_num_threads(self.settings.app.threads)
+        model_dir = self.settings.digits.model_dir
+        seeded = registry.seed_registry(model_dir, registry.SEED_DIR)
+        if seeded:
+            log.info("seeded %s with %s", model_dir, seeded)
+        self.active: Active | None = None
+        self.tta_default = self.settings.digits.tta
+        self._bf16_by_size: dict[int, bool] | None = None
+        self._load_lock = threading.Lock()
+        self.batch_hist = Histogram(
+            "handai_batch_size",
+            description="Images per forward pass.",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
+        )
+        self.infer_hist = Histogram(
+            "handai_inference_ms",
+            description="Forward pass time per batch (ms).",
+            boundaries=[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+        )
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Load and check the named model, then switch to it in one assignment."""
+        cfg = ModelConfig.model_validate(user_config)
+        model_id = cfg.model_id or registry.resolve_active(
+            self.settings.digits.model_dir, self.settings.digits.active_model
+        )
+        if self.active is None or self.active.manifest.model_id != model_id:
+            self.active = self._load(model_id)
+            log.info("active model is now %s", model_id)
+        self.tta_default = self.settings.digits.tta if cfg.tta is None else cfg.tta
+        # serve.batch's wrapper is untyped to mypy; these setters are its documented API.
+        self.predict.set_max_batch_size(cfg.max_batch_size)  # type: ignore[attr-defined,misc]
+        self.predict.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)  # type: ignore[attr-defined,misc]
+
+    def _load(self, model_id: str) -> Active:
+        with self._load_lock:
+            loaded = registry.load(self.settings.digits.model_dir, model_id)
+            if self._bf16_by_size is None:  # measured once per replica; same arch every time
+                self._bf16_by_size = bf16_faster(loaded.module)
+            engine = Engine(
+                loaded.module,
+                loaded.manifest.temperature,
+                self.settings.digits.uncertain_threshold,
+                self._bf16_by_size,
+            )
+            engine.predict(np.zeros((1, 1, 28, 28), np.float32), [True])  # warm before serving
+            return Active(loaded.manifest, engine)
+
+    def info(self) -> dict[str, Any]:
+        if self.active is None:
+            raise HandaiError("service_not_ready", "no model is loaded")
+        return {**self.active.manifest.public(), "tta_default": self.tta_default}
+
+    def check_health(self) -> None:
+        if self.active is None:
+            raise RuntimeError("no model is loaded")
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004)  # type: ignore[arg-type]
+    async def predict(  # type: ignore[misc]
+        self, images: list[Preprocessed], tta: list[bool | None]
+    ) -> list[tuple[str, Prediction]]:
+        active = self.active
+        if active is None:
+            raise HandaiError("service_not_ready", "no model is loaded")
+        pixels = np.concatenate([image.pixels for image in images])
+        flags = [self.tta_default if flag is None else flag for flag in tta]
+        start = time.perf_counter()
+        # The forward pass runs off the event loop so the next batch can gather meanwhile.
+        results = await asyncio.to_thread(active.engine.predict, pixels, flags)
+        self.infer_hist.observe((time.perf_counter() - start) * 1000)
+        self.batch_hist.observe(len(images))
+        return [(active.manifest.model_id, result) for result in results]

@@ -1,0 +1,120 @@
+"""Service settings: `config/handai.toml` (or $HANDAI_CONFIG), overridden by environment variables.
+
+Environment variables nest with `__`: APP__PORT, DIGITS__TTA, SECURITY__API_KEY, ...
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG = Path("config/handai.toml")
+CONFIG_ENV = "HANDAI_CONFIG"
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the key."""
+
+
+class AppSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data_root: Path = Path("data")
+    artifacts_root: Path = Path("artifacts")
+    logs_root: Path = Path("logs")
+    threads: Annotated[int, Field(ge=0)] = 0  # torch intra-op threads; 0 = torch's default
+    port: Annotated[int, Field(ge=1, le=65535)] = 8081
+
+
+class DigitsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: Path = Path("models")
+    active_model: str = ""  # empty: the newest valid model in model_dir
+    tta: bool = False
+    uncertain_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.85
+    max_image_mb: Annotated[float, Field(gt=0.0, le=64.0)] = 2.0
+    max_image_side_px: Annotated[int, Field(ge=28, le=16384)] = 1024
+    predict_timeout_seconds: Annotated[float, Field(gt=0.0, le=600.0)] = 5.0
+    visualize_max_kb: Annotated[int, Field(ge=0)] = 16
+
+    @property
+    def max_image_bytes(self) -> int:
+        return int(self.max_image_mb * 1024 * 1024)
+
+
+class SecuritySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    api_key_enabled: bool = False
+    api_key: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _key_when_enabled(self) -> SecuritySettings:
+        if self.api_key_enabled and not (self.api_key and self.api_key.get_secret_value()):
+            raise ValueError("api_key_enabled is true but security.api_key is empty")
+        return self
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+
+    app: AppSettings = AppSettings()
+    digits: DigitsSettings = DigitsSettings()
+    security: SecuritySettings = SecuritySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: explicit arguments, then the environment, then the TOML file.
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=_config_path())
+        return (init_settings, env_settings, toml)
+
+
+def _config_path() -> Path:
+    named = os.environ.get(CONFIG_ENV)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"{CONFIG_ENV}: expected an existing TOML file, got {named!r}")
+        return path
+    return DEFAULT_CONFIG
+
+
+def _env_enables_key() -> bool:
+    """SECURITY__API_KEY set means enforced, unless SECURITY__API_KEY_ENABLED says otherwise."""
+    env = {k.upper(): v for k, v in os.environ.items()}
+    return bool(env.get("SECURITY__API_KEY")) and "SECURITY__API_KEY_ENABLED" not in env
+
+
+def load_settings() -> Settings:
+    """Read and validate all settings, or raise ConfigError naming the first bad key."""
+    try:
+        settings = Settings()
+        if _env_enables_key() and not settings.security.api_key_enabled:
+            security = settings.security.model_copy(update={"api_key_enabled": True})
+            settings = settings.model_copy(update={"security": security})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        got = first.get("input")
+        shown = "<secret>" if "api_key" in key else repr(got)
+        raise ConfigError(f"invalid setting {key}: {first['msg']} (got {shown})") from None
+    except ValueError as exc:  # a TOML syntax error
+        raise ConfigError(f"invalid config file {_config_path()}: {exc}") from None
+    return settings

@@ -1,0 +1,217 @@
+"""The model registry on disk: `<model_dir>/<model_id>/{model.pt, manifest.json}`.
+
+Nothing enters the registry before it has loaded and run: uploads are checked in a
+temporary folder beside the registry and then renamed into place, so an interrupted
+or failed install leaves the registry as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from handai.errors import HandaiError
+from handai.manifest import MODEL_ID_PATTERN, Manifest, new_manifest, parse_manifest
+from handai.model import build_model
+
+MODEL_FILE = "model.pt"
+MANIFEST_FILE = "manifest.json"
+ACTIVE_FILE = "ACTIVE"  # the last activated model_id: survives restarts and redeploys
+SEED_DIR = Path(__file__).resolve().parents[1] / "seed"
+_ID = re.compile(MODEL_ID_PATTERN)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    manifest: Manifest
+    module: nn.Module
+
+
+def check_model_id(model_id: str) -> str:
+    if not _ID.fullmatch(model_id):
+        raise HandaiError(
+            "invalid_model",
+            f"model_id: expected letters, digits, '.', '_' or '-' (1-64, "
+            f"starting with a letter or digit), got {model_id!r}",
+        )
+    return model_id
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_checked(manifest: Manifest, weights: bytes) -> nn.Module:
+    """Checksum, safe unpickling, shapes, strict load and a trial forward pass."""
+    if manifest.sha256 is not None and sha256_of(weights) != manifest.sha256:
+        raise HandaiError("invalid_model", "model.pt: sha256 does not match the manifest")
+    try:
+        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types on corrupt or unsafe files
+        raise HandaiError("invalid_model", f"model.pt: cannot be loaded: {exc}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise HandaiError("invalid_model", "model.pt: expected a state_dict of tensors")
+    module = build_model(manifest.n_classes)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise HandaiError(
+            "invalid_model",
+            f"model.pt: keys do not match {manifest.arch}: missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}",
+        )
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise HandaiError(
+                "invalid_model",
+                f"model.pt: {key}: expected shape {tuple(tensor.shape)}, "
+                f"got {tuple(state[key].shape)}",
+            )
+    module.load_state_dict(state, strict=True)
+    module.eval()
+    with torch.inference_mode():
+        out = module(torch.zeros(2, 1, 28, 28))
+    if out.shape != (2, manifest.n_classes) or not torch.isfinite(out).all():
+        raise HandaiError("invalid_model", "model.pt: trial forward pass gave non-finite output")
+    return module
+
+
+def load(model_dir: Path, model_id: str) -> LoadedModel:
+    folder = model_dir / check_model_id(model_id)
+    try:
+        manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes())
+        weights = (folder / MODEL_FILE).read_bytes()
+    except FileNotFoundError:
+        raise HandaiError("model_not_found", f"no model {model_id!r} in the registry") from None
+    if manifest.model_id != model_id:
+        raise HandaiError(
+            "invalid_model",
+            f"manifest field model_id: expected {model_id!r}, got {manifest.model_id!r}",
+        )
+    return LoadedModel(manifest, load_checked(manifest, weights))
+
+
+def list_manifests(model_dir: Path) -> list[Manifest]:
+    """Every model whose manifest validates, newest first. Weights are checked at load."""
+    found: list[Manifest] = []
+    if not model_dir.is_dir():
+        return found
+    for folder in sorted(model_dir.iterdir()):
+        if not (_ID.fullmatch(folder.name) and (folder / MODEL_FILE).is_file()):
+            continue
+        try:
+            manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes())
+        except (HandaiError, OSError):
+            continue
+        if manifest.model_id == folder.name:
+            found.append(manifest)
+    return sorted(found, key=lambda m: m.created_at, reverse=True)
+
+
+def install(model_dir: Path, model_id: str, manifest_raw: bytes, weights: bytes) -> Manifest:
+    """Validate everything, then move the model into the registry in one rename."""
+    check_model_id(model_id)
+    manifest = parse_manifest(manifest_raw)
+    if manifest.model_id != model_id:
+        raise HandaiError(
+            "invalid_model",
+            f"manifest field model_id: expected {model_id!r}, got {manifest.model_id!r}",
+        )
+    load_checked(manifest, weights)
+    target = model_dir / model_id
+    if target.exists():
+        raise HandaiError("invalid_model", f"model_id {model_id!r} is already registered")
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{model_id}.", dir=model_dir))
+    try:
+        (staging / MODEL_FILE).write_bytes(weights)
+        (staging / MANIFEST_FILE).write_bytes(manifest_raw)
+        staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if target.exists():
+            raise HandaiError(
+                "invalid_model", f"model_id {model_id!r} is already registered"
+            ) from None
+        raise
+    return manifest
+
+
+def save(
+    folder: Path,
+    module: nn.Module,
+    *,
+    model_id: str,
+    val_acc: float,
+    temperature: float,
+    **extra: Any,
+) -> Manifest:
+    """Write a model folder (training's artifacts) with a manifest that carries its sha256."""
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, buffer)
+    weights = buffer.getvalue()
+    manifest = new_manifest(
+        model_id, val_acc=val_acc, temperature=temperature, sha256=sha256_of(weights), **extra
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MODEL_FILE).write_bytes(weights)
+    (folder / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+    return manifest
+
+
+def set_active(model_dir: Path, model_id: str) -> None:
+    """Record the active model atomically (write a temp file, then rename over)."""
+    check_model_id(model_id)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / f".{ACTIVE_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(model_id + "\n")
+    tmp.replace(model_dir / ACTIVE_FILE)
+
+
+def resolve_active(model_dir: Path, configured: str = "") -> str:
+    """The model to serve when none is named: the recorded one, the configured one, the newest."""
+    pointer = model_dir / ACTIVE_FILE
+    if pointer.is_file():
+        recorded = pointer.read_text().strip()
+        if _ID.fullmatch(recorded) and (model_dir / recorded / MODEL_FILE).is_file():
+            return recorded
+    if configured:
+        return check_model_id(configured)
+    newest = list_manifests(model_dir)
+    if not newest:
+        raise HandaiError("service_not_ready", f"no valid model in {model_dir}")
+    return newest[0].model_id
+
+
+def seed_registry(model_dir: Path, seed_dir: Path) -> list[str]:
+    """Copy the shipped models into an empty registry; returns the ids copied."""
+    if list_manifests(model_dir):
+        return []
+    copied: list[str] = []
+    for manifest in list_manifests(seed_dir):
+        target = model_dir / manifest.model_id
+        if not target.exists():
+            staging = Path(tempfile.mkdtemp(prefix=".seed.", dir=_ensure(model_dir)))
+            shutil.copytree(seed_dir / manifest.model_id, staging, dirs_exist_ok=True)
+            try:
+                staging.rename(target)
+                copied.append(manifest.model_id)
+            except OSError:  # another replica seeded it first
+                shutil.rmtree(staging, ignore_errors=True)
+    return copied
+
+
+def _ensure(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

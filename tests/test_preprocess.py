@@ -1,0 +1,264 @@
+import io
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from PIL import Image, ImageDraw
+
+from handai.errors import HandaiError
+from handai.preprocess import (
+    BACKGROUND,
+    MNIST_MEAN,
+    MNIST_STD,
+    decode,
+    deskew,
+    keep_digit,
+    otsu,
+    preprocess,
+)
+from tests.images import binary_digit, draw_seven, encode, hwd_files
+
+CODES = {
+    "invalid_image",
+    "unsupported_media_type",
+    "bad_dimensions",
+    "too_large",
+    "preprocessing_failed",
+}
+
+
+def ink_of(pixels: np.ndarray) -> np.ndarray:
+    ink: np.ndarray = pixels[0, 0] * MNIST_STD + MNIST_MEAN
+    return ink
+
+
+def test_output_is_mnist_shaped_and_normalized() -> None:
+    out = preprocess(encode(draw_seven()))
+    assert out.pixels.shape == (1, 1, 28, 28)
+    assert out.pixels.dtype == np.float32
+    ink = ink_of(out.pixels)
+    assert ink.min() == pytest.approx(0.0, abs=1e-5)  # paper -> 0 (dark)
+    assert ink.max() == pytest.approx(1.0, abs=0.05)  # ink -> 1 (light)
+    assert out.pixels[0, 0, 0, 0] == pytest.approx(BACKGROUND)
+    assert out.preview.shape == (28, 28) and out.preview.dtype == np.uint8
+
+
+def test_digit_fits_20x20_and_is_centred_by_mass() -> None:
+    ink = ink_of(preprocess(encode(draw_seven())).pixels)
+    rows, cols = np.nonzero(ink > 0.05)
+    assert max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) <= 21
+    ys, xs = np.indices(ink.shape)
+    cy, cx = (ys * ink).sum() / ink.sum(), (xs * ink).sum() / ink.sum()
+    assert abs(cy - 13.5) <= 1.0 and abs(cx - 13.5) <= 1.0
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
+def test_every_supported_format_decodes(fmt: str) -> None:
+    img = draw_seven()
+    if fmt == "BMP":
+        img = img.convert("RGB")
+    out = preprocess(encode(img, fmt))
+    assert out.pixels.shape == (1, 1, 28, 28)
+
+
+def test_dark_background_is_inverted_automatically() -> None:
+    light = preprocess(encode(draw_seven()))
+    dark = preprocess(encode(draw_seven(ink=255, paper=0)))
+    assert dark.inverted and not light.inverted
+    np.testing.assert_allclose(light.pixels, dark.pixels, atol=1e-5)
+
+
+def test_invert_override_wins() -> None:
+    # Forcing the wrong polarity makes the paper the "ink": refused, never a guess.
+    with pytest.raises(HandaiError) as err:
+        preprocess(encode(draw_seven()), invert=True)
+    assert err.value.code == "preprocessing_failed"
+    assert not preprocess(encode(draw_seven()), invert=False).inverted
+
+
+def test_alpha_is_composited_onto_white() -> None:
+    rgba = Image.new("RGBA", (100, 100), (0, 0, 0, 0))  # transparent black "paper"
+    d = ImageDraw.Draw(rgba)
+    d.line([(50, 10), (50, 90)], fill=(0, 0, 0, 255), width=8)
+    out = preprocess(encode(rgba))
+    assert not out.inverted
+    assert ink_of(out.pixels).max() > 0.9
+
+
+@pytest.mark.parametrize("mode", ["P", "I;16", "CMYK", "RGB", "LA", "1"])
+def test_modes_convert_to_gray(mode: str) -> None:
+    img = draw_seven()
+    if mode == "I;16":
+        arr = np.asarray(img, dtype=np.uint16) * 257
+        img = Image.fromarray(arr.astype(np.uint16))
+        converted = img
+    else:
+        converted = img.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    out = preprocess(encode(converted, fmt))
+    np.testing.assert_allclose(
+        ink_of(out.pixels).sum(), ink_of(preprocess(encode(img)).pixels).sum(), rtol=0.15
+    )
+
+
+def test_exif_orientation_is_applied() -> None:
+    img = draw_seven()
+    rotated = img.transpose(Image.Transpose.ROTATE_90)  # stored sideways ...
+    exif = Image.Exif()
+    exif[0x0112] = 6  # ... and tagged "rotate 90 CW to display"
+    out = preprocess(encode(rotated, "JPEG", exif=exif.tobytes(), quality=95))
+    upright = preprocess(encode(img, "JPEG", quality=95))
+    assert np.abs(out.pixels - upright.pixels).mean() < 0.1
+
+
+def test_gif_uses_the_first_frame() -> None:
+    frames = [draw_seven(), Image.new("L", (200, 200), 255)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    assert preprocess(buf.getvalue()).pixels.shape == (1, 1, 28, 28)
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (b"", "invalid_image"),
+        (b"hello, this is not an image", "invalid_image"),
+        (encode(draw_seven())[:200], "invalid_image"),
+        (encode(Image.new("L", (1, 1), 0)), "bad_dimensions"),
+        (encode(Image.new("L", (2000, 100), 255)), "bad_dimensions"),
+        (encode(Image.new("L", (1100, 1100), 255)), "too_large"),
+        (encode(Image.new("L", (100, 100), 255)), "preprocessing_failed"),
+        (encode(Image.new("L", (100, 100), 0)), "preprocessing_failed"),
+        (encode(draw_seven(), "TIFF"), "unsupported_media_type"),
+    ],
+    ids=["empty", "text", "truncated", "1x1", "wide", "too-many-pixels", "white", "black", "tiff"],
+)
+def test_bad_inputs_get_their_code(data: bytes, code: str) -> None:
+    with pytest.raises(HandaiError) as err:
+        preprocess(data)
+    assert err.value.code == code
+    assert err.value.message
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    # A 10000x10000 PNG that compresses to ~100 kB.
+    bomb = encode(Image.new("1", (10000, 10000), 1), optimize=True)
+    start = time.perf_counter()
+    with pytest.raises(HandaiError) as err:
+        preprocess(bomb)
+    assert err.value.code == "too_large"
+    assert time.perf_counter() - start < 1.0
+
+
+def test_otsu_splits_two_levels() -> None:
+    gray = np.array([[10] * 50 + [200] * 50], dtype=np.uint8)
+    assert 10 <= otsu(gray) < 200
+
+
+def test_specks_go_and_a_second_stroke_stays() -> None:
+    mask = np.zeros((60, 60), dtype=bool)
+    mask[10:50, 28:32] = True  # the main stroke
+    mask[10:14, 34:50] = True  # a bar drawn separately, like a 5's top
+    mask[55:57, 2:4] = True  # a speck far away
+    kept = keep_digit(mask)
+    assert kept[12, 40] and kept[30, 30]
+    assert not kept[56, 3]
+
+
+def test_two_stroke_four_survives() -> None:
+    mask = np.zeros((60, 60), dtype=bool)
+    mask[5:35, 10:13] = True
+    mask[33:36, 10:45] = True  # the open "L" of a 4
+    mask[5:55, 38:41] = True  # the downstroke, not touching
+    assert keep_digit(mask).sum() == mask.sum()
+
+
+def test_deskew_straightens_a_slanted_bar_within_the_cap() -> None:
+    ink = np.zeros((40, 40), dtype=np.float32)
+    for y in range(40):
+        x = int(10 + y * 0.1)
+        ink[y, x : x + 3] = 1.0  # leans by atan(0.1) ~ 5.7 degrees
+    out, angle = deskew(ink)
+    assert 4.0 < angle < 7.0
+    cols_per_row = [np.nonzero(r > 0.5)[0].mean() for r in out if (r > 0.5).any()]
+    assert np.ptp(cols_per_row) < 2.0
+    steep = np.eye(40, dtype=np.float32)  # 45 degrees: capped
+    assert abs(deskew(steep)[1]) <= 10.0
+
+
+def test_round_blob_is_not_deskewed() -> None:
+    yy, xx = np.indices((30, 30))
+    disk = (((yy - 15) ** 2 + (xx - 15) ** 2) < 100).astype(np.float32)
+    assert deskew(disk)[1] == 0.0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=4096))
+def test_arbitrary_bytes_only_raise_handai_errors(data: bytes) -> None:
+    try:
+        out = preprocess(data)
+    except HandaiError as err:
+        assert err.code in CODES
+    else:
+        assert out.pixels.shape == (1, 1, 28, 28) and np.isfinite(out.pixels).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(8, 64), st.integers(8, 64))))
+def test_arbitrary_arrays_give_finite_output_or_a_clear_error(arr: np.ndarray) -> None:
+    try:
+        out = preprocess(encode(Image.fromarray(arr)))
+    except HandaiError as err:
+        assert err.code in CODES
+    else:
+        assert out.pixels.shape == (1, 1, 28, 28) and np.isfinite(out.pixels).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    canvas=st.integers(60, 250),
+    fx=st.floats(0, 1),
+    fy=st.floats(0, 1),
+)
+def test_shifted_on_a_larger_canvas_gives_the_same_tensor(
+    seed: int, canvas: int, fx: float, fy: float
+) -> None:
+    digit = binary_digit(np.random.default_rng(seed))
+    base = np.full((48, 48), 255, np.uint8)
+    base[4:44, 4:44] = digit
+    big = np.full((canvas, canvas), 255, np.uint8)
+    y, x = int(fy * (canvas - 48)), int(fx * (canvas - 48))
+    big[y : y + 48, x : x + 48] = base
+    a = preprocess(encode(Image.fromarray(base)))
+    b = preprocess(encode(Image.fromarray(big)))
+    np.testing.assert_allclose(a.pixels, b.pixels, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", hwd_files()[::10], ids=lambda p: p.name)
+def test_hand_drawn_digits_decode_keep_ink_and_centre(path) -> None:  # type: ignore[no-untyped-def]
+    raw = path.read_bytes()
+    source = np.asarray(Image.open(io.BytesIO(raw)).convert("L"))
+    out = preprocess(raw)
+    ink = ink_of(out.pixels)
+    assert not out.inverted  # black ink on white
+    # Most of the drawn ink survives the clean-up (measured as dark pixel mass).
+    assert ink.sum() > 0.5 * ((255 - source.astype(np.float32)) / 255).sum() * (20 / 28) ** 2
+    ys, xs = np.indices(ink.shape)
+    cy, cx = (ys * ink).sum() / ink.sum(), (xs * ink).sum() / ink.sum()
+    assert abs(cy - 13.5) <= 1.5 and abs(cx - 13.5) <= 1.5
+
+
+def test_every_hand_drawn_digit_preprocesses() -> None:
+    files = hwd_files()
+    assert len(files) == 1000
+    for path in files:
+        assert preprocess(path.read_bytes()).pixels.shape == (1, 1, 28, 28)
+
+
+def test_decode_keeps_small_images_whole() -> None:
+    assert decode(encode(draw_seven(100)), max_side=1024).shape == (100, 100)
+    assert max(decode(encode(draw_seven(1000)), max_side=1024).shape) <= 256

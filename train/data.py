@@ -1,0 +1,108 @@
+"""MNIST from its IDX files, put through the serving preprocessing once and cached."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from handai.errors import HandaiError
+from handai.preprocess import SIGNATURE, prepare_pixels
+
+log = logging.getLogger(__name__)
+
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IMAGES_MAGIC = 2051
+LABELS_MAGIC = 2049
+VAL_SIZE = 5000
+
+
+class DataError(Exception):
+    """The data root is missing a file or holds a malformed one."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: NDArray[np.uint8]  # N x 28 x 28, preprocessed ink (0-255, light on dark)
+    labels: NDArray[np.int64]
+
+
+def read_idx(path: Path, magic: int) -> NDArray[np.uint8]:
+    """One IDX file, gzip-compressed or raw, checked against its header."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 8:
+        raise DataError(f"{path}: expected an IDX header, got {len(raw)} bytes")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise DataError(f"{path}: expected IDX magic {magic}, got {found}")
+    ndim = magic & 0xFF
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(raw) - offset != expected:
+        raise DataError(
+            f"{path}: expected {expected} data bytes for {dims}, got {len(raw) - offset}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def _find(root: Path, stem: str) -> Path:
+    for candidate in (root / f"{stem}.gz", root / stem):
+        if candidate.is_file():
+            return candidate
+    raise DataError(f"missing MNIST file {stem}(.gz) in {root}")
+
+
+def read_raw(root: Path, split: str) -> tuple[NDArray[np.uint8], NDArray[np.int64]]:
+    images_stem, labels_stem = FILES[split]
+    images = read_idx(_find(root, images_stem), IMAGES_MAGIC)
+    labels = read_idx(_find(root, labels_stem), LABELS_MAGIC).astype(np.int64)
+    if images.ndim != 3 or images.shape[0] != labels.shape[0]:
+        raise DataError(f"{split}: {images.shape[0]} images but {labels.shape[0]} labels")
+    return images, labels
+
+
+def preprocess_mnist(images: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Serve-time preprocessing on each MNIST digit (stored light on dark, so invert first)."""
+    out = np.empty_like(images)
+    for i, image in enumerate(images):
+        try:
+            ink, _ = prepare_pixels(255 - image)
+        except HandaiError:  # a handful of MNIST digits are nearly empty: keep them as they are
+            ink = image.astype(np.float32) / 255.0
+        out[i] = np.round(ink * 255.0).astype(np.uint8)
+    return out
+
+
+def load_split(root: Path, split: str, cache_dir: Path, limit: int | None = None) -> Split:
+    """Preprocessed images and labels, cached per preprocessing signature."""
+    images, labels = read_raw(root, split)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    key = hashlib.sha256(SIGNATURE.encode() + images.tobytes()).hexdigest()[:16]
+    cache = cache_dir / f"mnist-{split}-{len(images)}-{key}.npy"
+    if cache.is_file():
+        return Split(np.load(cache), labels)
+    log.info("preprocessing %d %s images (cached at %s)", len(images), split, cache)
+    prepared = preprocess_mnist(images)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{np.random.randint(1 << 30)}.tmp.npy")
+    np.save(tmp, prepared)
+    tmp.rename(cache)
+    return Split(prepared, labels)
+
+
+def train_val(full: Split, seed: int, val_size: int = VAL_SIZE) -> tuple[Split, Split]:
+    """A seeded validation split carved out of the training images (never the test set)."""
+    val_size = min(val_size, len(full.labels) // 5)
+    order = np.random.default_rng(seed).permutation(len(full.labels))
+    val, train = order[:val_size], order[val_size:]
+    return Split(full.images[train], full.labels[train]), Split(full.images[val], full.labels[val])

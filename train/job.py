@@ -1,0 +1,298 @@
+"""Training job entry point: `ray job submit --working-dir . -- python -m train.job ...`.
+
+Reads MNIST, trains with Ray Train, fits the temperature on the validation split, reports
+test accuracy once at the end, writes `<artifacts>/<model_id>/`, and with --promote hands
+the model to the live service.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import ray
+import ray.train
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from ray.train.torch import TorchTrainer
+
+from handai.config import load_settings
+from handai.manifest import ModelId
+from handai.registry import save
+from train import augment as aug
+from train.calibrate import LoaderSettings, loader_settings
+from train.data import load_split, train_val
+from train.events import Events
+from train.temperature import ece, fit_temperature
+from train.trainer import (
+    TrainConfig,
+    default_memory_limit_mb,
+    load_checkpoint_model,
+    logits_of,
+    train_loop,
+)
+
+log = logging.getLogger("train.job")
+
+
+class JobRequest(BaseModel):
+    """The original service's job body (`digits.train.v1`) plus promote and train_limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["digits.train.v1"] = "digits.train.v1"
+    request_id: Annotated[str, Field(max_length=128)] = ""
+    user_id: Annotated[str, Field(max_length=128)] = ""
+    model_id: ModelId
+    epochs: Annotated[int, Field(ge=1, le=50)] = 8
+    batch_size: Annotated[int, Field(ge=8, le=1024)] = 128
+    lr: Annotated[float, Field(gt=0, le=1)] = 0.1
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
+    augment: aug.AugmentConfig = aug.NONE
+    notes: Annotated[str, Field(max_length=2000)] = ""
+    promote: bool = False
+    train_limit: Annotated[int, Field(ge=100, le=60000)] | None = None
+    num_workers: Annotated[int, Field(ge=1, le=64)] | None = None
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment(cls, value: Any) -> Any:
+        return parse_augment(value)
+
+
+def parse_augment(value: Any) -> Any:
+    """true/false, "default"/"none", "rotate=10,morph=0.2", or an object of options."""
+    if value is True or value in ("default", "true", "on"):
+        return aug.DEFAULT
+    if value in (False, None, "none", "false", "off", ""):
+        return aug.NONE
+    if isinstance(value, str):
+        pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
+        names = {
+            "rotate": "aug_rotate",
+            "translate": "aug_translate",
+            "noise": "noise_prob",
+            "dots": "dots_prob",
+            "blur": "blur_sigma",
+        }
+        try:
+            return {names.get(k.strip(), k.strip()): float(v) for k, v in pairs}
+        except ValueError:
+            raise ValueError(f"augment: expected name=number pairs, got {value!r}") from None
+    return value
+
+
+def parse_args(argv: list[str]) -> tuple[JobRequest, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog="python -m train.job", description=__doc__)
+    p.add_argument("--job-json", help="the job as JSON text, a file path, or - for stdin")
+    p.add_argument("--model-id")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--augment", help="default | none | name=value,... (see train/augment.py)")
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--train-limit", type=int)
+    p.add_argument("--promote", action="store_true", default=None)
+    p.add_argument("--notes")
+    p.add_argument("--data-root", type=Path, help="folder of the MNIST IDX files")
+    p.add_argument("--artifacts", type=Path, help="where <model_id>/ is written")
+    p.add_argument("--run-name", help="a rerun with the same name resumes (default: model id)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    p.add_argument("--schedule", choices=("onecycle", "cosine"), default="onecycle")
+    p.add_argument("--calibrate", action="store_true", help="search loader settings afresh")
+    p.add_argument("--threads-per-worker", type=int)
+    p.add_argument("--loader-workers", type=int)
+    p.add_argument("--progress-file", type=Path)
+    args = p.parse_args(argv)
+    body: dict[str, Any] = {}
+    if args.job_json:
+        text = args.job_json
+        if text == "-":
+            text = sys.stdin.read()
+        elif not text.lstrip().startswith("{"):
+            text = Path(text).read_text()
+        body = json.loads(text)
+    for key in (
+        "model_id",
+        "epochs",
+        "batch_size",
+        "lr",
+        "seed",
+        "augment",
+        "num_workers",
+        "train_limit",
+        "promote",
+        "notes",
+    ):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    try:
+        return JobRequest.model_validate(body), args
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        p.error(f"{'.'.join(map(str, err['loc']))}: {err['msg']}")
+        raise  # unreachable: p.error exits
+
+
+def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
+    settings = load_settings()
+    data_root = (args.data_root or settings.app.data_root / "mnist").resolve()
+    artifacts = (args.artifacts or settings.app.artifacts_root).resolve()
+    cache_dir = artifacts / "cache"
+    run_id = args.run_name or job.model_id
+    events = Events(
+        request_id=job.request_id, user_id=job.user_id, model_id=job.model_id, run_id=run_id
+    )
+    started = time.time()
+    try:
+        # Preprocess once here so workers read the cache instead of each redoing it.
+        full = load_split(data_root, "train", cache_dir, job.train_limit)
+        loader = loader_settings(args.calibrate, data_root, cache_dir)
+        loader = loader.override(
+            num_workers=job.num_workers,
+            threads_per_worker=args.threads_per_worker,
+            loader_workers=args.loader_workers,
+            batch_size=None,
+        )
+        cfg = TrainConfig(
+            model_id=job.model_id,
+            run_id=run_id,
+            request_id=job.request_id,
+            user_id=job.user_id,
+            epochs=job.epochs,
+            batch_size=job.batch_size,
+            lr=job.lr,
+            seed=job.seed,
+            augment=job.augment,
+            optimizer=args.optimizer,
+            schedule=args.schedule,
+            data_root=data_root,
+            cache_dir=cache_dir,
+            train_limit=job.train_limit,
+            threads_per_worker=loader.threads_per_worker,
+            loader_workers=loader.loader_workers,
+            memory_limit_mb=default_memory_limit_mb(loader.num_workers),
+            progress_file=args.progress_file.resolve() if args.progress_file else None,
+        )
+        log.info("training %s with %s", job.model_id, loader.model_dump())
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=cfg.model_dump(mode="json"),
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=loader.num_workers,
+                use_gpu=torch.cuda.is_available(),
+                resources_per_worker={"CPU": 1},
+            ),
+            run_config=ray.train.RunConfig(
+                name=run_id,
+                storage_path=str(artifacts / "runs"),
+                checkpoint_config=ray.train.CheckpointConfig(
+                    num_to_keep=2,
+                    checkpoint_score_attribute="val_acc",
+                    checkpoint_score_order="max",
+                ),
+            ),
+        )
+        result = trainer.fit()
+        best = result.get_best_checkpoint(metric="val_acc", mode="max")
+        if best is None:
+            raise RuntimeError("training reported no checkpoint")
+        model = load_checkpoint_model(best)
+        summary = _calibrate_and_save(
+            model,
+            job,
+            full,
+            data_root,
+            cache_dir,
+            artifacts,
+            loader,
+            samples_per_sec=float((result.metrics or {}).get("samples_per_sec", 0.0)),
+            duration_s=time.time() - started,
+        )
+        events.publish("artifact", path=str(artifacts / job.model_id), **summary)
+        if job.promote:
+            from train.promote import promote  # needs the serving side only when asked
+
+            summary["promotion"] = promote(artifacts / job.model_id, settings)
+        events.publish("completed", **summary)
+        return summary
+    except Exception as exc:
+        code = "memory_pressure" if "memory_pressure" in str(exc) else "training_failed"
+        events.publish("failed", code=code, error=str(exc)[:2000])
+        raise
+
+
+def _calibrate_and_save(
+    model: torch.nn.Module,
+    job: JobRequest,
+    full: Any,
+    data_root: Path,
+    cache_dir: Path,
+    artifacts: Path,
+    loader: LoaderSettings,
+    *,
+    samples_per_sec: float,
+    duration_s: float,
+) -> dict[str, Any]:
+    _, val = train_val(full, job.seed)
+    val_logits = logits_of(model, val.images)
+    val_labels = torch.from_numpy(val.labels)
+    temperature = fit_temperature(val_logits, val_labels)
+    val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
+    ece_before = ece(torch.softmax(val_logits, 1), val_labels)
+    ece_after = ece(torch.softmax(val_logits / temperature, 1), val_labels)
+    # The test set is read here once, for the final figure; nothing above depends on it.
+    test = load_split(data_root, "test", cache_dir)
+    test_logits = logits_of(model, test.images)
+    test_labels = torch.from_numpy(test.labels)
+    test_acc = float((test_logits.argmax(1) == test_labels).float().mean())
+    test_ece = ece(torch.softmax(test_logits / temperature, 1), test_labels)
+    summary: dict[str, Any] = {
+        "val_acc": val_acc,
+        "test_acc": test_acc,
+        "temperature": temperature,
+        "ece_val_before": ece_before,
+        "ece_val_after": ece_after,
+        "ece": test_ece,
+        "epochs": job.epochs,
+        "batch_size": job.batch_size,
+        "lr": job.lr,
+        "seed": job.seed,
+        "augment": job.augment.model_dump(),
+        "notes": job.notes,
+        "num_workers": loader.num_workers,
+        "samples_per_sec": samples_per_sec,
+        "duration_s": duration_s,
+        "loader": loader.model_dump(),
+        "train_images": len(full.labels) - len(val.labels),
+    }
+    fields = {k: v for k, v in summary.items() if k not in ("val_acc", "temperature")}
+    save(
+        artifacts / job.model_id,
+        model,
+        model_id=job.model_id,
+        val_acc=val_acc,
+        temperature=temperature,
+        **fields,
+    )
+    log.info("artifact %s: %s", job.model_id, json.dumps(summary))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    job, args = parse_args(sys.argv[1:] if argv is None else argv)
+    ray.init(namespace="handai", ignore_reinit_error=True)
+    summary = run(job, args)
+    print(json.dumps({"model_id": job.model_id, **summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,62 @@
+"""Promotion: gate a trained artifact against the live model, register it, switch to it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from handai import registry
+from handai.config import Settings
+from handai.errors import HandaiError
+from handai.manifest import Manifest, parse_manifest
+
+log = logging.getLogger(__name__)
+VAL_ACC_MARGIN = 0.002  # a candidate may trail the live model's val_acc by at most this
+
+
+def gate(
+    candidate: Manifest, active: Manifest | None, margin: float = VAL_ACC_MARGIN
+) -> str | None:
+    """Why the candidate must not go live, or None when it may."""
+    if active is None:
+        return None
+    if candidate.val_acc < active.val_acc - margin:
+        return (
+            f"val_acc {candidate.val_acc:.4f} is more than {margin:.4f} below the active "
+            f"model {active.model_id}'s {active.val_acc:.4f}"
+        )
+    return None
+
+
+def active_manifest(model_dir: Path, configured: str) -> Manifest | None:
+    try:
+        model_id = registry.resolve_active(model_dir, configured)
+        return parse_manifest((model_dir / model_id / registry.MANIFEST_FILE).read_bytes())
+    except (HandaiError, OSError):
+        return None
+
+
+def promote(artifact: Path, settings: Settings) -> dict[str, Any]:
+    """Check the artifact loads and passes the gate, then activate it on every replica."""
+    from deployments.rollout import rollout_model  # the serving side, only when promoting
+
+    raw = (artifact / registry.MANIFEST_FILE).read_bytes()
+    weights = (artifact / registry.MODEL_FILE).read_bytes()
+    try:
+        candidate = parse_manifest(raw)
+        registry.load_checked(candidate, weights)
+    except HandaiError as exc:
+        return {"promoted": False, "reason": exc.message}
+    model_dir = settings.digits.model_dir
+    reason = gate(candidate, active_manifest(model_dir, settings.digits.active_model))
+    if reason is not None:
+        log.warning("not promoting %s: %s", candidate.model_id, reason)
+        return {"promoted": False, "reason": reason}
+    if not (model_dir / candidate.model_id).exists():
+        registry.install(model_dir, candidate.model_id, raw, weights)
+    asyncio.run(rollout_model(candidate.model_id))
+    registry.set_active(model_dir, candidate.model_id)
+    log.info("promoted %s", candidate.model_id)
+    return {"promoted": True, "model_id": candidate.model_id}
