@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 # Ray 2.60 turns token auth on by default; one local machine runs with it off, set
 # before the cluster starts so the `serve` and `ray job` CLIs agree with it.
 export RAY_AUTH_MODE ?= disabled
+# The venv's tools (serve, ray, handai) first, for recipes and the processes they start.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install redis lint test serve stop bench clean
 
@@ -31,8 +33,10 @@ lint: install
 test: install redis lint
 	$(BIN)/pytest
 
+# Serves the shipped model on :8081 (seed/ is copied into models/ when that is empty).
 serve: install
-	$(BIN)/python -m deployments.serve
+	HANDAI_COMMIT=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
+	  $(BIN)/serve run serve_config.yaml
 
 stop:
 	-$(BIN)/serve shutdown -y

@@ -5,7 +5,6 @@ No `from __future__ import annotations` here: Serve's class ingress needs real a
 
 import asyncio
 import base64
-import hmac
 import importlib.metadata
 import io
 import logging
@@ -14,7 +13,7 @@ import time
 import uuid
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image
@@ -28,9 +27,11 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.deps import Authorized
 from deployments.rollout import rollout_model
+from deployments.training import router as training_router
 from handai import registry
-from handai.config import Settings, load_settings
+from handai.config import load_settings
 from handai.errors import STATUS, ErrorCode, HandaiError
 from handai.inference import Prediction
 from handai.preprocess import Preprocessed
@@ -152,11 +153,7 @@ class Metrics:
 
 app = FastAPI(title="Handai", version=importlib.metadata.version("handai"))
 app.add_middleware(RequestContext)
-
-
-def settings_of(request: Request) -> Settings:
-    found: Settings = request.app.state.settings
-    return found
+app.include_router(training_router)
 
 
 def count_error(request: Request, code: str) -> None:
@@ -212,18 +209,6 @@ def _handai_cause(exc: BaseException) -> HandaiError | None:
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
     return None
-
-
-def require_key(request: Request) -> None:
-    security = settings_of(request).security
-    if not security.api_key_enabled or security.api_key is None:
-        return
-    given = request.headers.get("x-api-key", "")
-    if not hmac.compare_digest(given.encode(), security.api_key.get_secret_value().encode()):
-        raise HandaiError("unauthorized", "missing or wrong X-Api-Key")
-
-
-Authorized = Annotated[None, Depends(require_key)]
 
 
 async def read_form(request: Request, max_files: int = 2) -> FormData:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import time
 
 import httpx
 import numpy as np
@@ -270,3 +272,61 @@ def test_error_bodies_are_json(service: Service) -> None:
         resp = read(c, b"nope")
     assert resp.headers["content-type"].startswith("application/json")
     assert json.loads(resp.text)["code"] == "invalid_image"
+
+
+def test_deadline_gives_504_and_cancels(service: Service) -> None:
+    with httpx.Client(base_url=service.tight_url, timeout=60) as c:
+        assert_error(read(c, SEVEN), 504, "timeout")
+        assert c.get("/readyz").status_code == 200
+
+
+def test_overload_answers_503_with_retry_after(service: Service) -> None:
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=service.secure_url, timeout=60) as c:
+            return await asyncio.gather(
+                *(
+                    c.post(
+                        "/v1/read",
+                        files={"file": ("d.png", SEVEN, "image/png")},
+                        params={"tta": "true"},
+                        headers={"X-Api-Key": API_KEY},
+                    )
+                    for _ in range(40)
+                )
+            )
+
+    responses = asyncio.run(burst())
+    statuses = {r.status_code for r in responses}
+    assert statuses <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert_error(r, 503, "overloaded")
+            assert r.headers["retry-after"]
+    with service.client(secure=True) as c:
+        for _ in range(30):  # the queue drains: ready again
+            if c.get("/readyz").status_code == 200:
+                break
+            time.sleep(1)
+        assert c.get("/readyz").status_code == 200
+
+
+def test_custom_metrics_reach_the_prometheus_export(service: Service) -> None:
+    with service.client() as c:
+        assert read(c, SEVEN).status_code == 200
+        assert read(c, b"nope").status_code == 400
+    wanted = (
+        "handai_reads_total",
+        "handai_errors_total",
+        "handai_preprocess_ms",
+        "handai_inference_ms",
+        "handai_batch_size",
+    )
+    text = ""
+    for _ in range(60):  # Ray pushes metrics every few seconds
+        text = httpx.get(service.metrics_url, timeout=10).text
+        if all(name in text for name in wanted):
+            break
+        time.sleep(2)
+    missing = [name for name in wanted if name not in text]
+    assert not missing, missing
+    assert 'code="invalid_image"' in text

@@ -10,24 +10,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import ray
 import ray.train
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 from ray.train.torch import TorchTrainer
 
 from handai.config import load_settings
-from handai.manifest import ModelId
 from handai.registry import save
-from train import augment as aug
 from train.calibrate import LoaderSettings, loader_settings
 from train.data import load_split, train_val
 from train.events import Events
+from train.request import JobRequest
 from train.temperature import ece, fit_temperature
 from train.trainer import (
     TrainConfig,
@@ -38,53 +38,6 @@ from train.trainer import (
 )
 
 log = logging.getLogger("train.job")
-
-
-class JobRequest(BaseModel):
-    """The original service's job body (`digits.train.v1`) plus promote and train_limit."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["digits.train.v1"] = "digits.train.v1"
-    request_id: Annotated[str, Field(max_length=128)] = ""
-    user_id: Annotated[str, Field(max_length=128)] = ""
-    model_id: ModelId
-    epochs: Annotated[int, Field(ge=1, le=50)] = 8
-    batch_size: Annotated[int, Field(ge=8, le=1024)] = 128
-    lr: Annotated[float, Field(gt=0, le=1)] = 0.1
-    seed: Annotated[int, Field(ge=0, le=2**31 - 1)] = 0
-    augment: aug.AugmentConfig = aug.NONE
-    notes: Annotated[str, Field(max_length=2000)] = ""
-    promote: bool = False
-    train_limit: Annotated[int, Field(ge=100, le=60000)] | None = None
-    num_workers: Annotated[int, Field(ge=1, le=64)] | None = None
-
-    @field_validator("augment", mode="before")
-    @classmethod
-    def _augment(cls, value: Any) -> Any:
-        return parse_augment(value)
-
-
-def parse_augment(value: Any) -> Any:
-    """true/false, "default"/"none", "rotate=10,morph=0.2", or an object of options."""
-    if value is True or value in ("default", "true", "on"):
-        return aug.DEFAULT
-    if value in (False, None, "none", "false", "off", ""):
-        return aug.NONE
-    if isinstance(value, str):
-        pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
-        names = {
-            "rotate": "aug_rotate",
-            "translate": "aug_translate",
-            "noise": "noise_prob",
-            "dots": "dots_prob",
-            "blur": "blur_sigma",
-        }
-        try:
-            return {names.get(k.strip(), k.strip()): float(v) for k, v in pairs}
-        except ValueError:
-            raise ValueError(f"augment: expected name=number pairs, got {value!r}") from None
-    return value
 
 
 def parse_args(argv: list[str]) -> tuple[JobRequest, argparse.Namespace]:
@@ -108,7 +61,9 @@ def parse_args(argv: list[str]) -> tuple[JobRequest, argparse.Namespace]:
     p.add_argument("--calibrate", action="store_true", help="search loader settings afresh")
     p.add_argument("--threads-per-worker", type=int)
     p.add_argument("--loader-workers", type=int)
-    p.add_argument("--progress-file", type=Path)
+    p.add_argument("--progress-file", type=Path, help="latest progress as JSON (for the API)")
+    p.add_argument("--result-file", type=Path, help="final metrics as JSON (for the API)")
+    p.add_argument("--cpus-per-worker", type=float, default=1.0)
     args = p.parse_args(argv)
     body: dict[str, Any] = {}
     if args.job_json:
@@ -187,7 +142,7 @@ def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
             scaling_config=ray.train.ScalingConfig(
                 num_workers=loader.num_workers,
                 use_gpu=torch.cuda.is_available(),
-                resources_per_worker={"CPU": 1},
+                resources_per_worker={"CPU": args.cpus_per_worker},
             ),
             run_config=ray.train.RunConfig(
                 name=run_id,
@@ -288,9 +243,15 @@ def _calibrate_and_save(
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     job, args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Ray Train gives workers 60 s to start; two workers importing torch on a busy 2-core
+    # machine took longer. Train propagates this from the driver to its controller.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     ray.init(namespace="handai", ignore_reinit_error=True)
-    summary = run(job, args)
-    print(json.dumps({"model_id": job.model_id, **summary}, indent=2))
+    summary = {"model_id": job.model_id, **run(job, args)}
+    if args.result_file:
+        args.result_file.parent.mkdir(parents=True, exist_ok=True)
+        args.result_file.write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))  # the job's log ends with its result
     return 0
 
 

@@ -59,7 +59,6 @@ class TrainConfig(BaseModel):
     threads_per_worker: Annotated[int, Field(ge=1, le=256)] = 1
     loader_workers: Annotated[int, Field(ge=0, le=32)] = 0
     memory_limit_mb: Annotated[int, Field(ge=256)] = 8192
-    batch_event_every: Annotated[int, Field(ge=1)] = 50
     redis_url: str | None = None
 
 
@@ -203,6 +202,7 @@ def train_loop(config: dict[str, Any]) -> None:
         len(train_loader) if cfg.max_batches is None else min(cfg.max_batches, len(train_loader))
     )
     opt, sched = _optimizer(cfg, model, per_epoch * cfg.epochs)
+    event_every = max(1, per_epoch // 10)  # ten progress events per epoch
     start_epoch, best_acc = 0, -1.0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # a restarted run with the same name picks up where it was
@@ -234,7 +234,7 @@ def train_loop(config: dict[str, Any]) -> None:
             correct += int((logits.argmax(1) == y).sum())
             if step % 20 == 0:
                 check_memory(cfg.memory_limit_mb)
-            if lead and (step + 1) % cfg.batch_event_every == 0:
+            if lead and (step + 1) % event_every == 0:
                 progress = {
                     "epoch": epoch + 1,
                     "batch": step + 1,

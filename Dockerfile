@@ -1,0 +1,24 @@
+# Handai: the Serve graph with the shipped model. CPU image; torch comes from the index the
+# build machine's pip is configured with.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
+    RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+WORKDIR /app
+
+RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1
+COPY pyproject.toml README.md ./
+COPY handai ./handai
+COPY deployments ./deployments
+COPY train ./train
+RUN pip install --no-cache-dir .
+COPY serve_config.yaml ./
+COPY config ./config
+COPY seed ./seed
+
+# Inside the image the data and the registry live under /data (mount a volume there).
+ENV APP__DATA_ROOT=/data APP__ARTIFACTS_ROOT=/data/artifacts DIGITS__MODEL_DIR=/data/models
+EXPOSE 8081 8265
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
+  CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/readyz')"
+CMD ["serve", "run", "serve_config.yaml"]

@@ -1,0 +1,118 @@
+"""Training jobs over HTTP: each POST becomes a Ray job running `python -m train.job`."""
+
+import asyncio
+import json
+import os
+import shlex
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from deployments.deps import AppSettings, Authorized
+from deployments.rollout import dashboard_url
+from handai.config import Settings
+from handai.errors import HandaiError
+from train.request import JobRequest
+
+router = APIRouter(prefix="/api/v1/training")
+STATES = {
+    JobStatus.PENDING: "pending",
+    JobStatus.RUNNING: "running",
+    JobStatus.SUCCEEDED: "succeeded",
+    JobStatus.FAILED: "failed",
+    JobStatus.STOPPED: "stopped",
+}
+# Environment a job inherits from the service, so it trains, promotes and reports alike.
+PASSED_ENV = ("REDIS_URL", "HANDAI_CONFIG", "RAY_DASHBOARD_URL", "HANDAI_APP_NAME")
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    if not job_id.startswith("train-") or not job_id.replace("-", "").isalnum():
+        raise HandaiError("not_found", f"no training job {job_id!r}")
+    return settings.app.artifacts_root.resolve() / "jobs" / job_id
+
+
+def _client() -> JobSubmissionClient:
+    return JobSubmissionClient(dashboard_url())
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return found
+
+
+@router.post("/jobs", status_code=202)
+async def submit(request: Request, settings: AppSettings, _: Authorized) -> dict[str, Any]:
+    try:
+        job = JobRequest.model_validate_json(await request.body())
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise HandaiError("invalid_request", f"{where}: {err['msg']}") from None
+    job_id = f"train-{job.model_id.replace('.', '-').replace('_', '-')}-{uuid.uuid4().hex[:8]}"
+    folder = job_dir(settings, job_id)
+    args = [
+        sys.executable,  # this replica's interpreter: the one Handai is installed in
+        "-m",
+        "train.job",
+        "--job-json",
+        job.model_dump_json(),
+        "--run-name",
+        job_id,
+        "--progress-file",
+        str(folder / "progress.json"),
+        "--result-file",
+        str(folder / "result.json"),
+        "--data-root",
+        str((settings.app.data_root / "mnist").resolve()),
+        "--artifacts",
+        str(settings.app.artifacts_root.resolve()),
+    ]
+    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    env["DIGITS__MODEL_DIR"] = str(settings.digits.model_dir.resolve())
+    try:
+        await asyncio.to_thread(
+            _client().submit_job,
+            entrypoint=shlex.join(args),
+            submission_id=job_id,
+            runtime_env={"env_vars": env},
+            metadata={"model_id": job.model_id},
+        )
+    except (RuntimeError, ConnectionError) as exc:
+        raise HandaiError("training_unavailable", f"could not submit the job: {exc}") from None
+    return {"job_id": job_id, "status": "pending", "model_id": job.model_id}
+
+
+@router.get("/jobs/{job_id}")
+async def status(job_id: str, settings: AppSettings, _: Authorized) -> dict[str, Any]:
+    folder = job_dir(settings, job_id)
+    try:
+        info = await asyncio.to_thread(_client().get_job_info, job_id)
+    except RuntimeError:
+        raise HandaiError("not_found", f"no training job {job_id!r}") from None
+    return {
+        "job_id": job_id,
+        "status": STATES.get(info.status, str(info.status).lower()),
+        "model_id": (info.metadata or {}).get("model_id"),
+        "message": info.message,
+        "progress": _read_json(folder / "progress.json"),
+        "result": _read_json(folder / "result.json"),
+    }
+
+
+@router.delete("/jobs/{job_id}")
+async def stop(job_id: str, settings: AppSettings, _: Authorized) -> dict[str, Any]:
+    job_dir(settings, job_id)
+    try:
+        stopped = await asyncio.to_thread(_client().stop_job, job_id)
+    except RuntimeError:
+        raise HandaiError("not_found", f"no training job {job_id!r}") from None
+    return {"job_id": job_id, "stopping": bool(stopped)}

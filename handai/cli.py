@@ -1,0 +1,71 @@
+"""`handai read IMAGE`: the bot's /read reply, from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+LOW_CONFIDENCE_HINT = (
+    "I'm not sure about this one. Try a photo of a single digit, dark ink on light paper, "
+    "filling most of the frame."
+)
+
+
+def format_reply(answer: dict[str, Any]) -> str:
+    """The bot's reply text for a /v1/read answer."""
+    top = ", ".join(f"{t['digit']}={t['prob']:.3f}" for t in answer["top_k"])
+    lines = [
+        f"Digit: {answer['digit']} ({answer['confidence']:.1%} confidence)",
+        f"Top-3: {top}",
+        f"Model: {answer['model_id']}",
+    ]
+    if answer.get("uncertain"):
+        lines.append(LOW_CONFIDENCE_HINT)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="handai", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    read = commands.add_parser("read", help="read the digit in an image")
+    read.add_argument("image", type=Path)
+    read.add_argument("--url", default=os.environ.get("HANDAI_URL", "http://127.0.0.1:8081"))
+    read.add_argument("--tta", action="store_true", help="average 9 shifted/rotated views")
+    read.add_argument("--api-key", default=os.environ.get("HANDAI_API_KEY"))
+    args = parser.parse_args(argv)
+    try:
+        data = args.image.read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {args.image}: {exc.strerror}", file=sys.stderr)
+        return 2
+    headers = {"X-Api-Key": args.api_key} if args.api_key else {}
+    params = {"tta": "true"} if args.tta else {}
+    try:
+        resp = httpx.post(
+            f"{args.url.rstrip('/')}/v1/read",
+            files={"file": (args.image.name, data)},
+            params=params,
+            headers=headers,
+            timeout=30,
+        )
+    except httpx.HTTPError as exc:
+        print(f"error: {args.url} is not answering: {exc}", file=sys.stderr)
+        return 1
+    body = (
+        resp.json() if resp.headers.get("content-type", "").startswith("application/json") else {}
+    )
+    if resp.status_code != 200:
+        message = body.get("message", resp.text[:200])
+        print(f"error: {body.get('code', resp.status_code)}: {message}", file=sys.stderr)
+        return 1
+    print(format_reply(body))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+import gzip
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from handai.preprocess import preprocess
+from tests.images import MNIST
+from train.data import (
+    IMAGES_MAGIC,
+    LABELS_MAGIC,
+    DataError,
+    load_split,
+    read_idx,
+    read_raw,
+    train_val,
+)
+
+
+def idx_bytes(array: np.ndarray, magic: int) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_mnist(folder: Path, n: int, gz: bool) -> None:
+    rng = np.random.default_rng(0)
+    images = np.zeros((n, 28, 28), np.uint8)
+    images[:, 6:22, 12:16] = 255  # a bar: something to preprocess
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    for stem, arr, magic in (
+        ("train-images-idx3-ubyte", images, IMAGES_MAGIC),
+        ("train-labels-idx1-ubyte", labels, LABELS_MAGIC),
+    ):
+        raw = idx_bytes(arr, magic)
+        if gz:
+            (folder / f"{stem}.gz").write_bytes(gzip.compress(raw))
+        else:
+            (folder / stem).write_bytes(raw)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_reads_gzip_and_raw_idx(tmp_path: Path, gz: bool) -> None:
+    write_mnist(tmp_path, 50, gz)
+    images, labels = read_raw(tmp_path, "train")
+    assert images.shape == (50, 28, 28) and labels.shape == (50,)
+
+
+def test_wrong_magic_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(idx_bytes(np.zeros((2, 28, 28)), LABELS_MAGIC))
+    with pytest.raises(DataError, match="magic"):
+        read_idx(path, IMAGES_MAGIC)
+
+
+def test_truncated_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(idx_bytes(np.zeros((2, 28, 28)), IMAGES_MAGIC)[:-5])
+    with pytest.raises(DataError, match="data bytes"):
+        read_idx(path, IMAGES_MAGIC)
+    path.write_bytes(b"\x00\x00")
+    with pytest.raises(DataError, match="header"):
+        read_idx(path, IMAGES_MAGIC)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="train-images-idx3-ubyte"):
+        read_raw(tmp_path, "train")
+
+
+def test_real_mnist_test_labels_start_as_documented() -> None:
+    _, labels = read_raw(MNIST, "test")
+    assert labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert len(labels) == 10000
+
+
+def test_validation_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
+    write_mnist(tmp_path, 500, gz=True)
+    full = load_split(tmp_path, "train", tmp_path / "cache")
+    a_train, a_val = train_val(full, seed=3)
+    _b_train, b_val = train_val(full, seed=3)
+    np.testing.assert_array_equal(a_val.labels, b_val.labels)
+    assert len(a_train.labels) + len(a_val.labels) == 500
+    assert len(a_val.labels) == 100
+
+
+def test_cache_is_reused(tmp_path: Path) -> None:
+    write_mnist(tmp_path, 40, gz=False)
+    first = load_split(tmp_path, "train", tmp_path / "cache")
+    cached = list((tmp_path / "cache").glob("*.npy"))
+    assert len(cached) == 1
+    np.testing.assert_array_equal(
+        load_split(tmp_path, "train", tmp_path / "cache").images, first.images
+    )
+
+
+def test_training_input_equals_serving_input(tmp_path: Path) -> None:
+    """Train/serve parity: a cached MNIST digit is what /v1/read makes of its PNG."""
+    images, _ = read_raw(MNIST, "test")
+    split = load_split(MNIST, "test", tmp_path, limit=20)
+    for raw, prepared in zip(images[:20], split.images, strict=True):
+        png = io.BytesIO()
+        Image.fromarray(raw).save(png, format="PNG")  # MNIST polarity: light on dark
+        served = preprocess(png.getvalue())
+        assert served.inverted
+        np.testing.assert_allclose(served.preview, prepared, atol=1)
