@@ -91,7 +91,8 @@ class RequestContext:
         # echoes it on the response; the error body carries the same id.
         rid = headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
-        if scope["path"].startswith("/v1/admin/"):
+        path = scope["path"].removeprefix(scope.get("root_path", ""))  # "/secure/v1/..." too
+        if path.startswith("/v1/admin/"):
             limit = MODEL_UPLOAD_LIMIT
         else:
             limit = scope["app"].state.settings.digits.max_image_bytes + MULTIPART_SLACK
@@ -379,6 +380,11 @@ class Ingress:
             raise HandaiError("overloaded", "too many requests in flight; retry shortly") from None
         except RequestCancelledError:
             raise HandaiError("timeout", "the request was cancelled") from None
+        except Exception as exc:  # a bad image fails in Preprocess: answer with its error
+            cause = _handai_cause(exc)
+            if cause is None:
+                raise
+            raise cause from None
         self.metrics.reads.inc(tags={"digit": str(prediction.digit)})
         if prediction.uncertain:
             self.metrics.uncertain.inc()

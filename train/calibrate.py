@@ -105,7 +105,12 @@ def _trial(config: dict[str, Any]) -> None:
     )
 
 
-def search(data_root: Path, cache_dir: Path, memory_bound_mb: int) -> LoaderSettings:
+def search(
+    data_root: Path,
+    cache_dir: Path,
+    memory_bound_mb: int,
+    grid: list[dict[str, int]] | None = None,
+) -> LoaderSettings:
     base = TrainConfig(
         model_id="calibration",
         run_id="calibration",
@@ -121,7 +126,7 @@ def search(data_root: Path, cache_dir: Path, memory_bound_mb: int) -> LoaderSett
         param_space={
             "base": base.model_dump(mode="json"),
             "storage": str((cache_dir / "calibration-runs").resolve()),
-            "choice": tune.grid_search(candidates(os.cpu_count() or 1)),
+            "choice": tune.grid_search(grid or candidates(os.cpu_count() or 1)),
         },
         tune_config=tune.TuneConfig(max_concurrent_trials=1),
     )

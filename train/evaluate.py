@@ -58,7 +58,9 @@ def evaluate(
     predicted = p.argmax(1)
     confusion = torch.zeros(10, 10, dtype=torch.int64)
     confusion.index_put_((y, predicted), torch.ones_like(y), accumulate=True)
+    wrong = (predicted != y).nonzero().flatten().tolist()
     return {
+        "misread": [(i, int(y[i]), int(predicted[i]), float(p[i].max())) for i in wrong],
         "n": len(labels),
         "accuracy": float((predicted == y).float().mean()),
         "ece": ece(p, y),
@@ -66,6 +68,22 @@ def evaluate(
         "errors": int((predicted != y).sum()),
         "confusion": confusion.tolist(),
     }
+
+
+def save_examples(blobs: list[bytes], misread: list[Any], path: Path, n: int = 12) -> None:
+    """Misread uploads side by side with what the model saw, scaled up 3x."""
+    tiles = []
+    for index, _, _, _ in misread[:n]:
+        upload = Image.open(io.BytesIO(blobs[index])).convert("L").resize((28, 28))
+        seen = Image.fromarray(255 - preprocess(blobs[index]).preview)
+        tiles.append(
+            np.concatenate(
+                [np.asarray(upload), np.full((28, 2), 128, np.uint8), np.asarray(seen)], axis=1
+            )
+        )
+    if tiles:
+        grid = np.concatenate([np.pad(t, ((2, 2), (2, 2)), constant_values=128) for t in tiles])
+        Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3)).save(path)
 
 
 def report(name: str, result: dict[str, Any]) -> str:
@@ -85,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--threshold", type=float, default=0.85)
+    parser.add_argument("--examples", type=Path, help="a PNG of misread hwd1000 digits")
     args = parser.parse_args(argv)
     loaded = registry.load(args.model.parent, args.model.name)
     engine = Engine(
@@ -101,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
             results[key] = evaluate(engine, blobs, labels, tta)
             results[key]["seconds"] = time.perf_counter() - start
             print(report(key, results[key]), flush=True)
+    if args.examples:
+        blobs, _ = hwd1000(args.data)
+        save_examples(blobs, results["hwd1000_tta_off"]["misread"], args.examples)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

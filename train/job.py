@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     job, args = parse_args(sys.argv[1:] if argv is None else argv)
     # Ray Train gives workers 60 s to start; two workers importing torch on a busy 2-core
     # machine took longer. Train propagates this from the driver to its controller.
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     ray.init(namespace="handai", ignore_reinit_error=True)
     summary = {"model_id": job.model_id, **run(job, args)}
     if args.result_file:

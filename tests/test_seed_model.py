@@ -1,0 +1,76 @@
+"""Behaviour of the shipped model through the real read path (bytes -> preprocess -> engine)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from handai import registry
+from handai.inference import Engine
+from handai.preprocess import preprocess
+from tests.images import encode, hwd_files
+
+
+@pytest.fixture(scope="module")
+def seed() -> registry.LoadedModel:
+    manifests = registry.list_manifests(registry.SEED_DIR)
+    assert manifests, "seed/ must hold the shipped model"
+    return registry.load(registry.SEED_DIR, manifests[0].model_id)
+
+
+def engine_for(seed: registry.LoadedModel, bf16: bool) -> Engine:
+    return Engine(seed.module, seed.manifest.temperature, 0.85, bf16_by_size={1: bf16})
+
+
+def read_all(engine: Engine, blobs: list[bytes], tta: bool) -> list[int]:
+    pixels = np.concatenate([preprocess(b).pixels for b in blobs])
+    return [p.digit for p in engine.predict(pixels, [tta] * len(blobs))]
+
+
+def test_manifest_carries_training_figures(seed: registry.LoadedModel) -> None:
+    extra = seed.manifest.model_dump()
+    assert extra["test_acc"] >= 0.996
+    assert seed.manifest.val_acc >= 0.99
+
+
+def test_reads_hand_drawn_digits(seed: registry.LoadedModel) -> None:
+    files = hwd_files()[::5]
+    digits = read_all(engine_for(seed, False), [f.read_bytes() for f in files], tta=False)
+    labels = [int(f.name[0]) for f in files]
+    accuracy = float(np.mean(np.array(digits) == np.array(labels)))
+    assert accuracy >= 0.95, accuracy
+
+
+def test_fp32_and_bf16_give_the_same_digits(seed: registry.LoadedModel) -> None:
+    blobs = [f.read_bytes() for f in hwd_files()[::10]]
+    fp32 = read_all(engine_for(seed, False), blobs, tta=True)
+    bf16 = read_all(engine_for(seed, True), blobs, tta=True)
+    assert fp32 == bf16
+
+
+def test_shifted_and_scaled_digit_keeps_its_label(seed: registry.LoadedModel) -> None:
+    engine = engine_for(seed, False)
+    for path in hwd_files()[::50]:
+        digit = Image.open(path).convert("L")
+        expected = read_all(engine, [path.read_bytes()], tta=False)[0]
+        for side, fx, fy in ((120, 0.1, 0.9), (300, 0.8, 0.05), (64, 0.5, 0.5)):
+            canvas = Image.new("L", (side, side), 255)
+            small = side // 2  # the digit at half the canvas, anywhere on it
+            canvas.paste(digit.resize((small, small)), (int(fx * small), int(fy * small)))
+            assert read_all(engine, [encode(canvas)], tta=False)[0] == expected, path.name
+
+
+def test_inverted_upload_reads_the_same(seed: registry.LoadedModel) -> None:
+    engine = engine_for(seed, False)
+    for path in hwd_files()[::100]:
+        gray = np.asarray(Image.open(path).convert("L"))
+        normal = read_all(engine, [encode(Image.fromarray(gray))], tta=False)
+        inverted = read_all(engine, [encode(Image.fromarray(255 - gray))], tta=False)
+        assert normal == inverted
+
+
+def test_temperature_is_calibrated_not_default(seed: registry.LoadedModel) -> None:
+    assert seed.manifest.temperature != 1.0
+    assert torch.isfinite(torch.tensor(seed.manifest.temperature))
