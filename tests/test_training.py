@@ -199,67 +199,62 @@ def test_training_endpoints_need_the_key(service: Service) -> None:
     assert resp.status_code == 401 and resp.json()["code"] == "unauthorized"
 
 
-def submit_cli(service: Service, model_id: str, *extra: str) -> subprocess.Popen[str]:
+def submit_cli(service: Service, job_id: str, *args: str) -> subprocess.Popen[str]:
+    command = [
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        service.dashboard,
+        "--submission-id",
+        job_id,
+        "--",
+        sys.executable,
+        "-m",
+        "train.job",
+        "--model-id",
+        "e2e-resume",
+        "--epochs",
+        "2",
+        "--run-name",
+        "resume-run",
+        "--batch-size",
+        "64",
+        "--lr",
+        "0.05",
+        "--train-limit",
+        "2000",
+        "--data-root",
+        str(MNIST),
+        "--artifacts",
+        str(service.artifacts),
+        *args,
+    ]
     return subprocess.Popen(
-        [
-            str(BIN / "ray"),
-            "job",
-            "submit",
-            "--address",
-            service.dashboard,
-            "--",
-            sys.executable,
-            "-m",
-            "train.job",
-            "--model-id",
-            model_id,
-            "--batch-size",
-            "64",
-            "--lr",
-            "0.05",
-            "--train-limit",
-            "2000",
-            "--data-root",
-            str(MNIST),
-            "--artifacts",
-            str(service.artifacts),
-            *extra,
-        ],
-        env=service.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        command, env=service.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
 def test_restarted_run_resumes_from_its_checkpoint(service: Service, listener: Listener) -> None:
     run = service.artifacts / "runs" / "resume-run"
-    first = submit_cli(service, "e2e-resume", "--epochs", "2", "--run-name", "resume-run")
+    first = submit_cli(service, "resume-1")
     deadline = time.monotonic() + 600
     while not list(run.glob("checkpoint_*")) and time.monotonic() < deadline:
         assert first.poll() is None, first.communicate()[0][-3000:]
         time.sleep(1)
     assert list(run.glob("checkpoint_*")), "no checkpoint after the first epoch"
-    first.terminate()  # the job's client goes; stop the job itself as an operator would
-    first.wait(timeout=60)
-    jobs = subprocess.run(
-        [str(BIN / "ray"), "job", "list", "--address", service.dashboard],
+    # An interrupted run: the operator stops the job after its first checkpoint.
+    stop = subprocess.run(
+        [str(BIN / "ray"), "job", "stop", "--address", service.dashboard, "resume-1"],
         env=service.env,
         capture_output=True,
         text=True,
-        check=True,
-    ).stdout
-    for line in jobs.split("JobDetails(")[1:]:
-        if "e2e-resume" in line and "RUNNING" in line:
-            job_id = line.split("submission_id='")[1].split("'")[0]
-            subprocess.run(
-                [str(BIN / "ray"), "job", "stop", "--address", service.dashboard, job_id],
-                env=service.env,
-                capture_output=True,
-                check=False,
-            )
-    time.sleep(2)
-    second = submit_cli(service, "e2e-resume", "--epochs", "2", "--run-name", "resume-run")
+        timeout=120,
+        check=False,
+    )
+    assert stop.returncode == 0, stop.stderr
+    first.wait(timeout=120)
+    second = submit_cli(service, "resume-2")
     output = second.communicate(timeout=900)[0]
     assert second.returncode == 0, output[-3000:]
     # Resumed, not restarted: epoch 1 ran once (first job), epoch 2 once (second job).
