@@ -122,7 +122,8 @@ def search(
         memory_limit_mb=memory_bound_mb,
     )
     tuner = tune.Tuner(
-        tune.with_resources(_trial, {"CPU": 0}),  # the trial only drives its Train workers
+        # The trial only drives its Train workers: a token share, as Tune refuses zero.
+        tune.with_resources(_trial, {"CPU": 0.01}),
         param_space={
             "base": base.model_dump(mode="json"),
             "storage": str((cache_dir / "calibration-runs").resolve()),
