@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -57,7 +56,6 @@ class Model:
         self.active: Active | None = None
         self.tta_default = self.settings.digits.tta
         self._bf16_by_size: dict[int, bool] | None = None
-        self._load_lock = threading.Lock()
         self.batch_hist = Histogram(
             "handai_batch_size",
             description="Images per forward pass.",
@@ -84,18 +82,18 @@ class Model:
         self.predict.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)  # type: ignore[attr-defined,misc]
 
     def _load(self, model_id: str) -> Active:
-        with self._load_lock:
-            loaded = registry.load(self.settings.digits.model_dir, model_id)
-            if self._bf16_by_size is None:  # measured once per replica; same arch every time
-                self._bf16_by_size = bf16_faster(loaded.module)
-            engine = Engine(
-                loaded.module,
-                loaded.manifest.temperature,
-                self.settings.digits.uncertain_threshold,
-                self._bf16_by_size,
-            )
-            engine.predict(np.zeros((1, 1, 28, 28), np.float32), [True])  # warm before serving
-            return Active(loaded.manifest, engine)
+        # Serve calls reconfigure() one at a time per replica: no lock needed here.
+        loaded = registry.load(self.settings.digits.model_dir, model_id)
+        if self._bf16_by_size is None:  # measured once per replica; same arch every time
+            self._bf16_by_size = bf16_faster(loaded.module)
+        engine = Engine(
+            loaded.module,
+            loaded.manifest.temperature,
+            self.settings.digits.uncertain_threshold,
+            self._bf16_by_size,
+        )
+        engine.predict(np.zeros((1, 1, 28, 28), np.float32), [True])  # warm before serving
+        return Active(loaded.manifest, engine)
 
     def info(self) -> dict[str, Any]:
         if self.active is None:
