@@ -11,23 +11,27 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.exceptions import BackPressureError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle
-from ray.serve.metrics import Counter
+from ray.serve.metrics import Counter, Histogram
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.batching import Batcher
 from deployments.deps import Authorized
+from deployments.metrics import stage_histogram
+from deployments.model import Answer
 from deployments.rollout import rollout_model
 from deployments.training import router as training_router
 from handai import registry
@@ -137,6 +141,34 @@ class RequestContext:
         await send({"type": "http.response.body", "body": body})
 
 
+class IngressConfig(BaseModel):
+    """The Ingress deployment's user_config: changing it reconfigures the replica in place."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Reads queued together become one Preprocess call and one Model call.
+    max_batch_size: Annotated[int, Field(ge=1, le=256)] = 32
+    # Batches on their way through the graph at once: one gathers while another runs.
+    max_batches_in_flight: Annotated[int, Field(ge=1, le=64)] = 2
+    # Reads admitted at once per replica; more answer 503 overloaded straight away.
+    max_pending_reads: Annotated[int, Field(ge=1)] = 256
+
+
+@dataclass(frozen=True)
+class ReadJob:
+    upload: bytes
+    invert: bool | None
+    tta: bool | None
+    visualize: bool
+    queued_at: float  # perf_counter() when it joined the queue
+
+
+@dataclass(frozen=True)
+class Reading:
+    answer: Answer
+    image: Preprocessed | None  # only when the caller asked to see what the model saw
+
+
 class ActivateRequest(BaseModel):
     model_id: str
 
@@ -150,6 +182,12 @@ class Metrics:
             "handai_reads_total", description="Answers by digit.", tag_keys=("digit",)
         )
         self.uncertain = Counter("handai_uncertain_total", description="Uncertain answers.")
+        self.stage = stage_histogram()
+        self.batch = Histogram(
+            "handai_ingress_batch_size",
+            description="Reads per ingress batch (one Preprocess and one Model call).",
+            boundaries=[1, 2, 4, 8, 16, 32, 64, 128, 256],
+        )
 
 
 app = FastAPI(title="Handai", version=importlib.metadata.version("handai"))
@@ -296,6 +334,16 @@ class Ingress:
         app.state.settings = self.settings
         app.state.metrics = self.metrics
         self.timeout = self.settings.digits.predict_timeout_seconds
+        cfg = IngressConfig()
+        self.max_pending = cfg.max_pending_reads
+        self.pending = 0
+        self.reads = Batcher(self._read_batch, cfg.max_batch_size, cfg.max_batches_in_flight)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        cfg = IngressConfig.model_validate(user_config)
+        self.max_pending = cfg.max_pending_reads
+        self.reads.max_batch_size = cfg.max_batch_size
+        self.reads.max_in_flight = cfg.max_batches_in_flight
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -365,30 +413,62 @@ class Ingress:
         data = await single_file(form, "file", self.settings.digits.max_image_bytes)
         # `center` is kept for the bot's old URLs: centring is what the model was trained on.
         del center
-        # Chained without awaiting in between: Ray passes the tensor straight to the Model.
-        pre = self.preprocess.remote(data, invert)
-        answer = self.model.predict.remote(pre, tta)
+        if self.pending >= self.max_pending:
+            raise HandaiError("overloaded", "too many requests in flight; retry shortly")
+        self.pending += 1
         try:
-            model_id, prediction = await asyncio.wait_for(answer, timeout=self.timeout)
-            visual = (
-                preview_png(await pre, self.settings.digits.visualize_max_kb) if visualize else None
-            )
+            job = ReadJob(data, invert, tta, visualize, time.perf_counter())
+            reading = await asyncio.wait_for(self.reads.submit(job), timeout=self.timeout)
         except TimeoutError:
-            answer.cancel()  # type: ignore[no-untyped-call]
+            # The batch this read joined goes on for the others; a read still queued is dropped.
             raise HandaiError("timeout", f"no answer within {self.timeout:g} s") from None
         except BackPressureError:
             raise HandaiError("overloaded", "too many requests in flight; retry shortly") from None
         except RequestCancelledError:
             raise HandaiError("timeout", "the request was cancelled") from None
-        except Exception as exc:  # a bad image fails in Preprocess: answer with its error
+        finally:
+            self.pending -= 1
+        if isinstance(reading.answer, HandaiError):
+            raise reading.answer
+        model_id, prediction = reading.answer
+        visual = (
+            preview_png(reading.image, self.settings.digits.visualize_max_kb)
+            if reading.image is not None
+            else None
+        )
+        self.metrics.reads.inc(tags={"digit": str(prediction.digit)})
+        if prediction.uncertain:
+            self.metrics.uncertain.inc()
+        response = _read_response(prediction, model_id, start, visual)
+        self.metrics.stage.observe(response.latency_ms, tags={"stage": "handler"})
+        return response
+
+    async def _read_batch(self, jobs: list[ReadJob]) -> list[Reading]:
+        """One Preprocess call and one Model call for every read queued together.
+
+        The calls are chained without awaiting in between: Ray hands Preprocess's output
+        straight to the Model.
+        """
+        began = time.perf_counter()
+        prepared = self.preprocess.remote([j.upload for j in jobs], [j.invert for j in jobs])
+        try:
+            answers: list[Answer] = await self.model.predict.remote(prepared, [j.tta for j in jobs])
+            visualize = any(j.visualize for j in jobs)
+            images: list[Any] = await prepared if visualize else [None] * len(jobs)
+        except Exception as exc:  # a HandaiError raised in another deployment arrives wrapped
             cause = _handai_cause(exc)
             if cause is None:
                 raise
             raise cause from None
-        self.metrics.reads.inc(tags={"digit": str(prediction.digit)})
-        if prediction.uncertain:
-            self.metrics.uncertain.inc()
-        return _read_response(prediction, model_id, start, visual)
+        done = time.perf_counter()
+        self.metrics.batch.observe(len(jobs))
+        for job in jobs:
+            self.metrics.stage.observe((began - job.queued_at) * 1000, tags={"stage": "queue"})
+            self.metrics.stage.observe((done - began) * 1000, tags={"stage": "graph"})
+        return [
+            Reading(answer, image if job.visualize and isinstance(image, Preprocessed) else None)
+            for answer, image, job in zip(answers, images, jobs, strict=True)
+        ]
 
     @app.post("/v1/admin/models/upload")
     async def upload(self, request: Request, _: Authorized) -> dict[str, Any]:

@@ -14,12 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.metrics import Histogram
 
+from deployments.metrics import stage_histogram
 from handai import registry
 from handai.config import Settings, load_settings
 from handai.errors import HandaiError
 from handai.inference import Engine, Prediction, bf16_faster
 from handai.manifest import Manifest
-from handai.preprocess import Preprocessed
+from handai.preprocess import Prepared, Preprocessed
+
+# A model id and its reading, or the error that image earned upstream.
+Answer = tuple[str, Prediction] | HandaiError
 
 log = logging.getLogger("ray.serve")
 
@@ -31,8 +35,10 @@ class ModelConfig(BaseModel):
 
     model_id: str = ""  # empty: the registry's active pointer, then settings, then the newest
     tta: bool | None = None  # default for requests that don't say; None: settings.digits.tta
-    max_batch_size: Annotated[int, Field(ge=1, le=512)] = 32
-    batch_wait_timeout_s: Annotated[float, Field(ge=0.0, le=1.0)] = 0.004
+    # Ingress batches (each up to the Ingress's max_batch_size images) merged per forward pass.
+    max_batch_size: Annotated[int, Field(ge=1, le=64)] = 4
+    # 0: take what is queued when the last pass ends; load itself makes the batches.
+    batch_wait_timeout_s: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class Model:
             description="Images per forward pass.",
             boundaries=[1, 2, 4, 8, 16, 32, 64, 128],
         )
+        self.stage = stage_histogram()
         self.infer_hist = Histogram(
             "handai_inference_ms",
             description="Forward pass time per batch (ms).",
@@ -104,18 +111,36 @@ class Model:
         if self.active is None:
             raise RuntimeError("no model is loaded")
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004)  # type: ignore[arg-type]
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.0)  # type: ignore[arg-type]
     async def predict(  # type: ignore[misc]
-        self, images: list[Preprocessed], tta: list[bool | None]
-    ) -> list[tuple[str, Prediction]]:
+        self, batches: list[list[Prepared]], tta: list[list[bool | None]]
+    ) -> list[list[Answer]]:
+        """Each call is one ingress batch; the calls queued together share one forward pass."""
         active = self.active
         if active is None:
             raise HandaiError("service_not_ready", "no model is loaded")
-        pixels = np.concatenate([image.pixels for image in images])
-        flags = [self.tta_default if flag is None else flag for flag in tta]
-        start = time.perf_counter()
-        # The forward pass runs off the event loop so the next batch can gather meanwhile.
-        results = await asyncio.to_thread(active.engine.predict, pixels, flags)
-        self.infer_hist.observe((time.perf_counter() - start) * 1000)
-        self.batch_hist.observe(len(images))
-        return [(active.manifest.model_id, result) for result in results]
+        items = [item for batch in batches for item in batch]
+        flags = [flag for batch in tta for flag in batch]
+        answers: dict[int, Answer] = {
+            i: item for i, item in enumerate(items) if isinstance(item, HandaiError)
+        }
+        good = [(i, item) for i, item in enumerate(items) if isinstance(item, Preprocessed)]
+        if good:
+            pixels = np.concatenate([item.pixels for _, item in good])
+            wanted = [self.tta_default if flags[i] is None else bool(flags[i]) for i, _ in good]
+            start = time.perf_counter()
+            # Off the event loop, so the next calls queue (and batch) meanwhile.
+            results = await asyncio.to_thread(active.engine.predict, pixels, wanted)
+            forward_ms = (time.perf_counter() - start) * 1000
+            self.infer_hist.observe(forward_ms)
+            self.batch_hist.observe(len(good))
+            for _ in good:
+                self.stage.observe(forward_ms, tags={"stage": "forward"})
+            for (i, _), result in zip(good, results, strict=True):
+                answers[i] = (active.manifest.model_id, result)
+        out: list[list[Answer]] = []
+        at = 0
+        for batch in batches:
+            out.append([answers[j] for j in range(at, at + len(batch))])
+            at += len(batch)
+        return out

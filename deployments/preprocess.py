@@ -1,4 +1,8 @@
-"""The Preprocess deployment: bytes in, the model's 28x28 input out (see handai.preprocess)."""
+"""The Preprocess deployment: bytes in, the model's 28x28 input out (see handai.preprocess).
+
+Called once per ingress batch: a bad image answers with its own error in its slot, so one
+unreadable upload never fails the others sharing its batch.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,10 @@ import time
 from ray import serve
 from ray.serve.metrics import Histogram
 
+from deployments.metrics import stage_histogram
 from handai.config import load_settings
-from handai.preprocess import Preprocessed, preprocess
+from handai.errors import HandaiError
+from handai.preprocess import Prepared, preprocess
 
 
 @serve.deployment
@@ -21,8 +27,19 @@ class Preprocess:
             boundaries=[0.5, 1, 2, 5, 10, 20, 50, 100],
         )
 
-    def __call__(self, data: bytes, invert: bool | None) -> Preprocessed:
-        start = time.perf_counter()
-        out = preprocess(data, max_side=self.max_side, invert=invert)
-        self.hist.observe((time.perf_counter() - start) * 1000)
+        self.stage = stage_histogram()
+
+    def __call__(self, uploads: list[bytes], invert: list[bool | None]) -> list[Prepared]:
+        began = time.perf_counter()
+        out: list[Prepared] = []
+        for data, flag in zip(uploads, invert, strict=True):
+            start = time.perf_counter()
+            try:
+                out.append(preprocess(data, max_side=self.max_side, invert=flag))
+            except HandaiError as exc:
+                out.append(exc)
+            self.hist.observe((time.perf_counter() - start) * 1000)
+        batch_ms = (time.perf_counter() - began) * 1000
+        for _ in uploads:  # every read in the batch waited for all of it
+            self.stage.observe(batch_ms, tags={"stage": "preprocess"})
         return out

@@ -41,6 +41,10 @@ class Preprocessed:
     deskew_deg: float  # 0.0 when skipped
 
 
+# One slot of a batch: the image ready for the model, or why it could not be.
+Prepared = Preprocessed | HandaiError
+
+
 def preprocess(data: bytes, *, max_side: int = 1024, invert: bool | None = None) -> Preprocessed:
     """The whole read path's image step. Raises HandaiError, never anything else."""
     gray = decode(data, max_side=max_side)

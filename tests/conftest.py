@@ -112,15 +112,21 @@ class Service:
 
 def test_config(model_dir: Path, secure_dir: Path, artifacts: Path, port: int) -> dict[str, Any]:
     """serve_config.yaml as shipped, as three apps sized for the test box:
-    handai (open, two Model replicas), handai-secure (API key on, tiny queues so overload
-    shows), handai-tight (a 1 ms deadline so timeouts show)."""
+    handai (open, two Model replicas), handai-secure (API key on, 4 reads admitted at once so
+    overload shows), handai-tight (a 1 ms deadline so timeouts show)."""
     config: dict[str, Any] = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"].update({"port": port, "host": "127.0.0.1"})
     base = config["applications"][0]
     secure = {"DIGITS__MODEL_DIR": str(secure_dir), "SECURITY__API_KEY": API_KEY}
-    variants: list[tuple[str, str, dict[str, str], dict[str, Any]]] = [
-        ("handai", "/", {"DIGITS__MODEL_DIR": str(model_dir)}, {"num_replicas": 2}),
-        ("handai-secure", "/secure", secure, {"max_ongoing_requests": 2, "max_queued_requests": 2}),
+    # (name, prefix, environment, deployment name -> options)
+    variants: list[tuple[str, str, dict[str, str], dict[str, dict[str, Any]]]] = [
+        ("handai", "/", {"DIGITS__MODEL_DIR": str(model_dir)}, {"Model": {"num_replicas": 2}}),
+        (
+            "handai-secure",
+            "/secure",
+            secure,
+            {"Ingress": {"user_config": {"max_pending_reads": 4, "max_batch_size": 2}}},
+        ),
         (
             "handai-tight",
             "/tight",
@@ -129,7 +135,7 @@ def test_config(model_dir: Path, secure_dir: Path, artifacts: Path, port: int) -
         ),
     ]
     apps = []
-    for name, prefix, env, model_options in variants:
+    for name, prefix, env, options in variants:
         app = copy.deepcopy(base)
         app["name"], app["route_prefix"] = name, prefix
         app["runtime_env"] = {
@@ -143,10 +149,11 @@ def test_config(model_dir: Path, secure_dir: Path, artifacts: Path, port: int) -
         }
         for deployment in app["deployments"]:
             deployment["ray_actor_options"] = {"num_cpus": 0.1}
-            if deployment["name"] == "Model":
-                deployment.update(model_options)
-                if "max_ongoing_requests" in model_options:
-                    deployment["user_config"]["max_batch_size"] = 2
+            extra = options.get(deployment["name"], {})
+            user_config = {**deployment.get("user_config", {}), **extra.pop("user_config", {})}
+            if user_config:  # only deployments with reconfigure() take one
+                deployment["user_config"] = user_config
+            deployment.update(extra)
         apps.append(app)
     config["applications"] = apps
     return config
@@ -182,6 +189,9 @@ def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
             "RAY_AUTH_MODE": "disabled",
             "RAY_DASHBOARD_URL": dashboard,
             "RAY_USAGE_STATS_ENABLED": "0",
+            # As `make serve` runs it: HAProxy in front, gRPC between replicas.
+            "RAY_SERVE_ENABLE_HA_PROXY": os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "1"),
+            "RAY_SERVE_THROUGHPUT_OPTIMIZED": os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1"),
             "REDIS_URL": redis_url,
             "DIGITS__MODEL_DIR": str(model_dir),
             "HANDAI_APP_NAME": "handai",

@@ -91,6 +91,33 @@ def test_predict_alias_tta_and_visualize(service: Service) -> None:
     assert Image.open(io.BytesIO(png)).size[0] % 28 == 0
 
 
+def test_concurrent_reads_share_batches_and_keep_their_own_answers(service: Service) -> None:
+    """Reads that arrive together are batched; each still gets its own image's answer."""
+    uploads = [(HWD / f"{digit}-001.png").read_bytes() for digit in range(10)]
+    params = {"visualize": "true", "tta": "false"}
+    with service.client() as c:
+        alone = [read(c, data, **params).json() for data in uploads]
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=service.url, timeout=60) as c:
+            calls = [
+                c.post("/v1/read", files={"file": ("d.png", data, "image/png")}, params=params)
+                for data in [*uploads, b"nope"] * 3
+            ]
+            return await asyncio.gather(*calls)
+
+    responses = asyncio.run(together())
+    for i, resp in enumerate(responses):
+        if i % 11 == 10:  # the broken upload fails alone, not its batch
+            assert_error(resp, 400, "invalid_image")
+            continue
+        body, expected = resp.json(), alone[i % 11]
+        assert resp.status_code == 200, resp.text
+        assert body["visual_png_b64"] == expected["visual_png_b64"]  # its own image
+        # Its own probabilities (a batch may run in bf16 where a lone read ran in fp32).
+        assert np.allclose(body["probs"], expected["probs"], atol=0.03)
+
+
 def test_request_id_is_echoed_or_generated(service: Service) -> None:
     with service.client() as c:
         assert (
