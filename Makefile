@@ -45,8 +45,10 @@ serve: install
 	HANDAI_COMMIT=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
 	  $(BIN)/serve run serve_config.yaml
 
+# A `serve run` left behind after `ray stop` spins for a minute looking for its cluster.
 stop:
 	-$(BIN)/serve shutdown -y
+	-pkill -INT -f 'bin/[s]erve run serve_config' && sleep 2
 	-$(BIN)/ray stop
 
 # Every benchmark, then docs/benchmarks.md. Stops any running service first: it measures

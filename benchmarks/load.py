@@ -23,6 +23,7 @@ class LoadResult:
     requests: int  # answered 200 in the measured window
     failures: int
     warmup_requests: int  # answered 200 during warm-up (the service saw them too)
+    mean_ms_all: float  # mean latency over warm-up and measured reads: the service's population
     seconds: float
     p50_ms: float
     p95_ms: float
@@ -88,6 +89,7 @@ async def _run(
         requests=len(latencies),
         failures=len(failures),
         warmup_requests=len(warm[0]),
+        mean_ms_all=round(statistics.fmean([*warm[0], *latencies] or [float("nan")]), 2),
         seconds=round(elapsed, 2),
         p50_ms=round(q[49], 2),
         p95_ms=round(q[94], 2),

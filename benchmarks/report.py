@@ -87,9 +87,10 @@ def serving_section(s: dict[str, Any]) -> list[str]:
         "",
         "Mean ms per read, from the service's own Prometheus metrics (`handai_read_stage_ms`, "
         "see deployments/metrics.py; Ray exports histogram sums as bucket midpoints, so each "
-        "figure is good to about a bucket's half-width). HTTP is the client's mean latency "
-        "minus the ingress route's own time. Batches: reads per ingress batch (one Preprocess "
-        "and one Model call) and images per forward pass, means over the run.",
+        "figure is good to about a bucket's half-width), over every read of the cell "
+        "(warm-up included). HTTP is the client's mean latency minus the ingress route's "
+        "time. Batches: reads per ingress batch (one Preprocess and one Model call) and "
+        "images per forward pass, means over the run.",
         "",
         "| upload | TTA | clients | "
         + " | ".join(STAGE_NAMES.values())

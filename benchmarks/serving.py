@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks.images import UPLOADS
-from benchmarks.load import LoadResult, run_load
+from benchmarks.load import run_load
 from handai import registry
 from handai.config import load_settings
 from handai.inference import Engine, bf16_faster
@@ -84,6 +84,8 @@ def settled(url: str, before: Snapshot, reads: int, timeout: float = 60.0) -> Sn
 
 
 def breakdown(before: Snapshot, after: Snapshot, client_mean_ms: float) -> dict[str, Any]:
+    """Mean ms per read in each stage; `client_mean_ms` covers the same reads (warm-up too)."""
+
     def mean(stage: str) -> float:
         count = after[f"ray_handai_read_stage_ms_count:{stage}"] - before.get(
             f"ray_handai_read_stage_ms_count:{stage}", 0
@@ -128,11 +130,6 @@ def histogram_mean(before: Snapshot, after: Snapshot, name: str) -> dict[str, fl
     return {"batches": n, "mean_size": round(total / n, 1) if n else 0.0, "max_bucket": biggest}
 
 
-def client_mean(result: LoadResult) -> float:
-    # Closed loop: mean latency = concurrency / throughput.
-    return result.concurrency / result.rps * 1000 if result.rps else float("nan")
-
-
 def run_matrix(
     base_url: str, clients: list[int], seconds: float, metrics: str | None
 ) -> list[dict[str, Any]]:
@@ -149,7 +146,7 @@ def run_matrix(
                 row |= result.as_dict()
                 if metrics:
                     after = settled(metrics, before, reads)
-                    row["stages"] = breakdown(before, after, client_mean(result))
+                    row["stages"] = breakdown(before, after, result.mean_ms_all)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     return rows

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from ray.serve.metrics import Histogram
 
-# Fine below 50 ms: Ray exports histogram sums as bucket midpoints.
+# Fine everywhere a read can land: Ray exports histogram sums as bucket midpoints.
 STAGE_BOUNDARIES = [
     0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 18, 20, 23, 26, 30,
-    35, 40, 45, 50, 60, 70, 80, 100, 125, 150, 200, 250, 300, 400, 500, 750, 1000, 2000, 5000,
+    35, 40, 45, 50, 60, 70, 80, 90, 100, 125, 150, 175, 200, 250, 300, 350, 400, 450, 500,
+    600, 700, 800, 900, 1000, 1200, 1400, 1600, 1800, 2000, 2500, 3000, 4000, 5000, 7500,
+    10000, 20000, 30000,
 ]  # fmt: skip
 
 
