@@ -11,7 +11,7 @@ export RAY_AUTH_MODE ?= disabled
 # Ray Serve's high-throughput mode (2.56+), read when Ray starts: HAProxy (bundled with
 # ray[serve]) takes :8081 and talks to the ingress replica's own HTTP port, and replicas
 # call each other over gRPC. Here it took /healthz from 4.2 to 1.0 ms and 32 clients from
-# 104 to 164 reads/s (docs/benchmarks.md).
+# 104 to 164 reads/s (measured by hand with benchmarks/load.py, not part of `make bench`).
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
 # The venv's tools (serve, ray, handai) first, for recipes and the processes they start.

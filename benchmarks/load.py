@@ -6,6 +6,7 @@ little of the shared CPU as it can (httpx cost ~3x more per request here).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 import time
@@ -13,6 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import aiohttp
+
+from benchmarks.images import UPLOADS
 
 BOUNDARY = "handai-bench-boundary"
 
@@ -111,10 +114,6 @@ def run_load(
 
 
 def main() -> None:
-    import argparse
-
-    from benchmarks.images import UPLOADS
-
     parser = argparse.ArgumentParser(description="Load a running service's /v1/read.")
     parser.add_argument("--url", default="http://127.0.0.1:8081")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])

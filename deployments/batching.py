@@ -35,9 +35,6 @@ class Batcher(Generic[T, R]):
         self._slot_freed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
 
-    def queued(self) -> int:
-        return len(self._queue)
-
     async def submit(self, item: T) -> R:
         """The handler's answer for this item; cancelling the wait drops it if still queued."""
         if self._loop_task is None or self._loop_task.done():

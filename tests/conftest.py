@@ -149,7 +149,7 @@ def test_config(model_dir: Path, secure_dir: Path, artifacts: Path, port: int) -
         }
         for deployment in app["deployments"]:
             deployment["ray_actor_options"] = {"num_cpus": 0.1}
-            extra = options.get(deployment["name"], {})
+            extra = dict(options.get(deployment["name"], {}))  # popped below: leave variants be
             user_config = {**deployment.get("user_config", {}), **extra.pop("user_config", {})}
             if user_config:  # only deployments with reconfigure() take one
                 deployment["user_config"] = user_config
