@@ -5,15 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH := artifacts/bench
-# Ray 2.60 turns token auth on by default; one local machine runs with it off, set
-# before the cluster starts so the `serve` and `ray job` CLIs agree with it.
+# Ray 2.60 turns token auth on by default; this one-machine cluster runs with it off
+# (deployments/cluster.py starts Ray with the same value), so `ray job` commands agree.
 export RAY_AUTH_MODE ?= disabled
-# Ray Serve's high-throughput mode (2.56+), read when Ray starts: HAProxy (bundled with
-# ray[serve]) takes :8081 and talks to the ingress replica's own HTTP port, and replicas
-# call each other over gRPC. Here it took /healthz from 4.2 to 1.0 ms and 32 clients from
-# 104 to 164 reads/s (measured by hand with benchmarks/load.py, not part of `make bench`).
-export RAY_SERVE_ENABLE_HA_PROXY ?= 1
-export RAY_SERVE_THROUGHPUT_OPTIMIZED ?= 1
 # The venv's tools (serve, ray, handai) first, for recipes and the processes they start.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
@@ -40,16 +34,15 @@ lint: install
 test: install redis lint
 	$(BIN)/pytest
 
-# Serves the shipped model on :8081 (seed/ is copied into models/ when that is empty).
+# Serves the shipped model on :8081 (seed/ is copied into models/): a local Ray head, then
+# serve_config.yaml; exits with the reason if it cannot start; Ctrl-C stops all of it.
 serve: install
 	HANDAI_COMMIT=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) \
-	  $(BIN)/serve run serve_config.yaml
+	  $(BIN)/python -m deployments.cluster serve
 
-# A `serve run` left behind after `ray stop` spins for a minute looking for its cluster.
-stop:
-	-$(BIN)/serve shutdown -y
-	-pkill -INT -f 'bin/[s]erve run serve_config' && sleep 2
-	-$(BIN)/ray stop
+# What a killed `make serve` left running: this project's cluster only, not any other Ray.
+stop: install
+	$(BIN)/python -m deployments.cluster stop
 
 # Every benchmark, then docs/benchmarks.md. Stops any running service first: it measures
 # the cold start of `make serve` and leaves nothing running.

@@ -26,9 +26,9 @@ from handai.preprocess import preprocess
 
 def build_app() -> FastAPI:
     settings = load_settings()
-    model_dir = settings.digits.model_dir
+    model_dir = settings.storage.models
     registry.seed_registry(model_dir, registry.SEED_DIR)
-    model_id = registry.resolve_active(model_dir, settings.digits.active_model)
+    model_id = registry.resolve_active(model_dir, settings.digits.initial_model)
     loaded = registry.load(model_dir, model_id)
     engine = Engine(
         loaded.module,

@@ -156,7 +156,7 @@ def forward_ceiling(batch_sizes: list[int], threads: int) -> dict[str, float]:
     """Images/s of the bare forward pass (Engine.predict, TTA off) in this process."""
     torch.set_num_threads(threads)
     settings = load_settings()
-    model_dir = settings.digits.model_dir
+    model_dir = settings.storage.models
     loaded = registry.load(model_dir, registry.resolve_active(model_dir))
     engine = Engine(loaded.module, loaded.manifest.temperature, 0.85, bf16_faster(loaded.module))
     out = {}

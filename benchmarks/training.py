@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench/training.json"))
     args = parser.parse_args()
     settings = load_settings()
-    artifacts = settings.app.artifacts_root.resolve()
+    artifacts = settings.storage.artifacts
     base = TrainConfig(
         model_id="bench",
         run_id="bench",

@@ -338,6 +338,8 @@ class Ingress:
         self.max_pending = cfg.max_pending_reads
         self.pending = 0
         self.reads = Batcher(self._read_batch, cfg.max_batch_size, cfg.max_batches_in_flight)
+        self.switching = asyncio.Lock()
+        self.switches: set[asyncio.Task[None]] = set()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         cfg = IngressConfig.model_validate(user_config)
@@ -391,7 +393,7 @@ class Ingress:
     @app.get("/v1/models")
     async def models(self) -> dict[str, Any]:
         active = (await self._model_info()).get("model_id")
-        manifests = await asyncio.to_thread(registry.list_manifests, self.settings.digits.model_dir)
+        manifests = await asyncio.to_thread(registry.list_manifests, self.settings.storage.models)
         return {
             "active_model_id": active,
             "models": [{**m.public(), "active": m.model_id == active} for m in manifests],
@@ -478,7 +480,7 @@ class Ingress:
         model_id = str(form.get("model_id") or "")
         activate = str(form.get("activate") or "false").lower() in ("1", "true", "yes", "on")
         installed = await asyncio.to_thread(
-            registry.install, self.settings.digits.model_dir, model_id, manifest, weights
+            registry.install, self.settings.storage.models, model_id, manifest, weights
         )
         if activate:
             await self._activate(model_id)
@@ -491,13 +493,22 @@ class Ingress:
 
     @app.post("/v1/admin/models/activate")
     async def activate(self, body: ActivateRequest, _: Authorized) -> dict[str, Any]:
-        await asyncio.to_thread(registry.load, self.settings.digits.model_dir, body.model_id)
+        await asyncio.to_thread(registry.load, self.settings.storage.models, body.model_id)
         await self._activate(body.model_id)
         return {"model_id": body.model_id, "active": True}
 
     async def _activate(self, model_id: str) -> None:
-        await rollout_model(model_id)
-        registry.set_active(self.settings.digits.model_dir, model_id)
+        """Record, then roll out; shielded, so a client that disconnects or times out cannot
+        leave the record and the replicas disagreeing: the switch finishes regardless."""
+        task = asyncio.create_task(self._switch(model_id))
+        self.switches.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self.switches.discard)
+        await asyncio.shield(task)
+
+    async def _switch(self, model_id: str) -> None:
+        async with self.switching:  # one activation at a time: the last one wins, whole
+            await asyncio.to_thread(registry.set_active, self.settings.storage.models, model_id)
+            await rollout_model(model_id)
 
     async def _model_info(self) -> dict[str, Any]:
         try:

@@ -33,7 +33,9 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_id: str = ""  # empty: the registry's active pointer, then settings, then the newest
+    # Activation sets it (a fresh value each time) so that Serve calls reconfigure() on every
+    # replica; the model served is always the one the registry's ACTIVE record names.
+    rollout: str = ""
     tta: bool | None = None  # default for requests that don't say; None: settings.digits.tta
     # Ingress batches (each up to the Ingress's max_batch_size images) merged per forward pass.
     max_batch_size: Annotated[int, Field(ge=1, le=64)] = 4
@@ -55,7 +57,7 @@ class Model:
         self.settings: Settings = load_settings()
         if self.settings.app.threads:
             torch.set_num_threads(self.settings.app.threads)
-        model_dir = self.settings.digits.model_dir
+        model_dir = self.settings.storage.models
         seeded = registry.seed_registry(model_dir, registry.SEED_DIR)
         if seeded:
             log.info("seeded %s with %s", model_dir, seeded)
@@ -75,10 +77,10 @@ class Model:
         )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Load and check the named model, then switch to it in one assignment."""
+        """Load and check the recorded model, then switch to it in one assignment."""
         cfg = ModelConfig.model_validate(user_config)
-        model_id = cfg.model_id or registry.resolve_active(
-            self.settings.digits.model_dir, self.settings.digits.active_model
+        model_id = registry.resolve_active(
+            self.settings.storage.models, self.settings.digits.initial_model
         )
         if self.active is None or self.active.manifest.model_id != model_id:
             self.active = self._load(model_id)
@@ -90,7 +92,7 @@ class Model:
 
     def _load(self, model_id: str) -> Active:
         # Serve calls reconfigure() one at a time per replica: no lock needed here.
-        loaded = registry.load(self.settings.digits.model_dir, model_id)
+        loaded = registry.load(self.settings.storage.models, model_id)
         if self._bf16_by_size is None:  # measured once per replica; same arch every time
             self._bf16_by_size = bf16_faster(loaded.module)
         engine = Engine(

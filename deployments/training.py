@@ -1,10 +1,15 @@
-"""Training jobs over HTTP: each POST becomes a Ray job running `python -m train.job`."""
+"""Training jobs over HTTP: each POST becomes a Ray job running `python -m train.job`.
+
+Ray's JobSubmissionClient makes blocking HTTP calls, its constructor included: every use
+runs in a worker thread, never on the ingress's event loop.
+"""
 
 import asyncio
 import json
 import os
 import shlex
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,6 +22,7 @@ from deployments.deps import AppSettings, Authorized
 from deployments.rollout import dashboard_url
 from handai.config import Settings
 from handai.errors import HandaiError
+from train.events import Events
 from train.request import JobRequest
 
 router = APIRouter(prefix="/api/v1/training")
@@ -27,18 +33,54 @@ STATES = {
     JobStatus.FAILED: "failed",
     JobStatus.STOPPED: "stopped",
 }
+FINAL = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED)
+STOP_WAIT_S = 15.0  # Ray sends SIGTERM, then SIGKILL after a few seconds
 # Environment a job inherits from the service, so it trains, promotes and reports alike.
-PASSED_ENV = ("REDIS_URL", "HANDAI_CONFIG", "RAY_DASHBOARD_URL", "HANDAI_APP_NAME")
+PASSED_ENV = ("REDIS_URL", "HANDAI_CONFIG", "HANDAI_HOME", "RAY_DASHBOARD_URL", "HANDAI_APP_NAME")
 
 
 def job_dir(settings: Settings, job_id: str) -> Path:
     if not job_id.startswith("train-") or not job_id.replace("-", "").isalnum():
         raise HandaiError("not_found", f"no training job {job_id!r}")
-    return settings.app.artifacts_root.resolve() / "jobs" / job_id
+    return settings.storage.artifacts / "jobs" / job_id
 
 
-def _client() -> JobSubmissionClient:
-    return JobSubmissionClient(dashboard_url())
+def _submit(**kwargs: Any) -> str:
+    return str(JobSubmissionClient(dashboard_url()).submit_job(**kwargs))
+
+
+def _info(job_id: str) -> Any:
+    return JobSubmissionClient(dashboard_url()).get_job_info(job_id)
+
+
+def _stop(job_id: str) -> bool:
+    return bool(JobSubmissionClient(dashboard_url()).stop_job(job_id))
+
+
+def _write_request(folder: Path, job: JobRequest) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "request.json").write_text(job.model_dump_json())
+
+
+def _say_stopped(job_id: str, folder: Path) -> None:
+    """A job stopped before its entrypoint could say so itself (still pending, or importing)
+    would leave the bot waiting forever: once it has ended, publish its terminal event."""
+    deadline = time.monotonic() + STOP_WAIT_S
+    while time.monotonic() < deadline and _info(job_id).status not in FINAL:
+        time.sleep(0.5)
+    if (folder / "terminal.json").exists():
+        return
+    try:
+        job = JobRequest.model_validate_json((folder / "request.json").read_text())
+    except (OSError, ValidationError):
+        return  # not submitted through this API: its own stop handler is all there is
+    Events(
+        request_id=job.request_id,
+        user_id=job.user_id,
+        model_id=job.model_id,
+        run_id=job_id,
+        terminal_file=folder / "terminal.json",
+    ).publish("failed", code="stopped", error="the job was stopped before it started training")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -57,8 +99,14 @@ async def submit(request: Request, settings: AppSettings, _: Authorized) -> dict
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "body"
         raise HandaiError("invalid_request", f"{where}: {err['msg']}") from None
+    if (settings.storage.models / job.model_id).exists():
+        raise HandaiError(
+            "invalid_request",
+            f"model_id: {job.model_id!r} is already registered; train under a new model_id",
+        )
     job_id = f"train-{job.model_id.replace('.', '-').replace('_', '-')}-{uuid.uuid4().hex[:8]}"
     folder = job_dir(settings, job_id)
+    await asyncio.to_thread(_write_request, folder, job)
     args = [
         sys.executable,  # this replica's interpreter: the one Handai is installed in
         "-m",
@@ -71,16 +119,18 @@ async def submit(request: Request, settings: AppSettings, _: Authorized) -> dict
         str(folder / "progress.json"),
         "--result-file",
         str(folder / "result.json"),
+        "--terminal-file",
+        str(folder / "terminal.json"),
         "--data-root",
         str((settings.app.data_root / "mnist").resolve()),
         "--artifacts",
-        str(settings.app.artifacts_root.resolve()),
+        str(settings.storage.artifacts),
     ]
     env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
-    env["DIGITS__MODEL_DIR"] = str(settings.digits.model_dir.resolve())
+    env["STORAGE__ROOT"] = str(settings.storage.root)  # the registry this service serves from
     try:
         await asyncio.to_thread(
-            _client().submit_job,
+            _submit,
             entrypoint=shlex.join(args),
             submission_id=job_id,
             runtime_env={"env_vars": env},
@@ -95,7 +145,7 @@ async def submit(request: Request, settings: AppSettings, _: Authorized) -> dict
 async def status(job_id: str, settings: AppSettings, _: Authorized) -> dict[str, Any]:
     folder = job_dir(settings, job_id)
     try:
-        info = await asyncio.to_thread(_client().get_job_info, job_id)
+        info = await asyncio.to_thread(_info, job_id)
     except RuntimeError:
         raise HandaiError("not_found", f"no training job {job_id!r}") from None
     return {
@@ -112,7 +162,9 @@ async def status(job_id: str, settings: AppSettings, _: Authorized) -> dict[str,
 async def stop(job_id: str, settings: AppSettings, _: Authorized) -> dict[str, Any]:
     job_dir(settings, job_id)
     try:
-        stopped = await asyncio.to_thread(_client().stop_job, job_id)
+        stopped = await asyncio.to_thread(_stop, job_id)
+        if stopped:
+            await asyncio.to_thread(_say_stopped, job_id, job_dir(settings, job_id))
     except RuntimeError:
         raise HandaiError("not_found", f"no training job {job_id!r}") from None
     return {"job_id": job_id, "stopping": bool(stopped)}

@@ -1,6 +1,9 @@
 """Service settings: `config/handai.toml` (or $HANDAI_CONFIG), overridden by environment variables.
 
-Environment variables nest with `__`: APP__PORT, DIGITS__TTA, SECURITY__API_KEY, ...
+Environment variables nest with `__`: APP__PORT, DIGITS__TTA, STORAGE__ROOT, SECURITY__API_KEY, ...
+Relative paths are relative to $HANDAI_HOME when it is set (the cluster that `make serve` starts
+sets it to the project's folder, so a Ray job running in its own copy of the code still finds
+the data and the registry), else to the current directory.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pydantic_settings import (
 
 DEFAULT_CONFIG = Path("config/handai.toml")
 CONFIG_ENV = "HANDAI_CONFIG"
+HOME_ENV = "HANDAI_HOME"
 
 
 class ConfigError(Exception):
@@ -29,7 +33,6 @@ class AppSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data_root: Path = Path("data")
-    artifacts_root: Path = Path("artifacts")
     logs_root: Path = Path("logs")
     threads: Annotated[int, Field(ge=0)] = 0  # torch intra-op threads; 0 = torch's default
     port: Annotated[int, Field(ge=1, le=65535)] = 8081
@@ -38,8 +41,8 @@ class AppSettings(BaseModel):
 class DigitsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model_dir: Path = Path("models")
-    active_model: str = ""  # empty: the newest valid model in model_dir
+    # The model served on a registry with no ACTIVE record yet; empty: the shipped seed model.
+    initial_model: str = ""
     tta: bool = False
     uncertain_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.85
     max_image_mb: Annotated[float, Field(gt=0.0, le=64.0)] = 2.0
@@ -50,6 +53,29 @@ class DigitsSettings(BaseModel):
     @property
     def max_image_bytes(self) -> int:
         return int(self.max_image_mb * 1024 * 1024)
+
+
+class StorageSettings(BaseModel):
+    """One location for everything a cluster must share: every node reads the same registry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: Path = Path()  # a local folder, or a shared one mounted on every node
+
+    @property
+    def models(self) -> Path:
+        """The registry: `<model_id>/{model.pt, manifest.json}` and the ACTIVE record."""
+        return self.root / "models"
+
+    @property
+    def artifacts(self) -> Path:
+        """Training output: `<model_id>/`, `jobs/<job_id>/`, `cache/`."""
+        return self.root / "artifacts"
+
+    @property
+    def runs(self) -> Path:
+        """Ray Train's storage_path: checkpoints, so a restarted run resumes."""
+        return self.artifacts / "runs"
 
 
 class SecuritySettings(BaseModel):
@@ -66,10 +92,11 @@ class SecuritySettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(env_nested_delimiter="__", extra="forbid")
 
     app: AppSettings = AppSettings()
     digits: DigitsSettings = DigitsSettings()
+    storage: StorageSettings = StorageSettings()
     security: SecuritySettings = SecuritySettings()
 
     @classmethod
@@ -89,11 +116,30 @@ class Settings(BaseSettings):
 def _config_path() -> Path:
     named = os.environ.get(CONFIG_ENV)
     if named:
-        path = Path(named)
+        path = anchored(Path(named))
         if not path.is_file():
             raise ConfigError(f"{CONFIG_ENV}: expected an existing TOML file, got {named!r}")
         return path
-    return DEFAULT_CONFIG
+    return anchored(DEFAULT_CONFIG)
+
+
+def anchored(path: Path) -> Path:
+    """A relative path as seen from $HANDAI_HOME (when set), made absolute."""
+    home = os.environ.get(HOME_ENV)
+    if home and not path.is_absolute():
+        path = Path(home) / path
+    return path.resolve()
+
+
+def _anchor_paths(settings: Settings) -> Settings:
+    app = settings.app.model_copy(
+        update={
+            "data_root": anchored(settings.app.data_root),
+            "logs_root": anchored(settings.app.logs_root),
+        }
+    )
+    storage = settings.storage.model_copy(update={"root": anchored(settings.storage.root)})
+    return settings.model_copy(update={"app": app, "storage": storage})
 
 
 def _env_enables_key() -> bool:
@@ -117,4 +163,4 @@ def load_settings() -> Settings:
         raise ConfigError(f"invalid setting {key}: {first['msg']} (got {shown})") from None
     except ValueError as exc:  # a TOML syntax error
         raise ConfigError(f"invalid config file {_config_path()}: {exc}") from None
-    return settings
+    return _anchor_paths(settings)

@@ -6,14 +6,32 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from handai.errors import HandaiError
 from handai.preprocess import SIGNATURE
 
 SCHEMA_VERSION = "1.1"
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-ModelId = Annotated[str, Field(pattern=MODEL_ID_PATTERN)]
+# Names the registry keeps for itself (compared without case: some filesystems ignore it).
+RESERVED_IDS = frozenset({"active"})
+
+
+def not_reserved(model_id: str) -> str:
+    if model_id.lower() in RESERVED_IDS:
+        raise ValueError(f"{model_id!r} is a name the registry keeps for itself")
+    return model_id
+
+
+ModelId = Annotated[str, Field(pattern=MODEL_ID_PATTERN), AfterValidator(not_reserved)]
 
 
 class Manifest(BaseModel):
@@ -23,13 +41,20 @@ class Manifest(BaseModel):
     schema_version: Literal["1", "1.0", "1.1"]
     model_id: ModelId
     arch: Literal["resnet18"]
-    n_classes: Annotated[int, Field(ge=2, le=1000)]
+    n_classes: Literal[10]  # a digit model: the API answers ten probabilities
     version: Annotated[str, Field(min_length=1)]
     created_at: datetime
     preprocess_hash: str
     val_acc: Annotated[float, Field(ge=0.0, le=1.0)]
     temperature: Annotated[float, Field(gt=0.0, le=100.0)]
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        # Models are ordered by it: a naive time is taken as UTC rather than compared with
+        # aware ones (a TypeError that once crashed listing and seeding).
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
     @model_validator(mode="after")
     def _check(self) -> Manifest:

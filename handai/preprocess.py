@@ -1,8 +1,12 @@
-"""Image bytes -> the model's 1x1x28x28 input, the MNIST way.
+"""Image bytes -> the model's 1x1x28x28 input, the MNIST way, from scans and phone photos alike.
 
-decode -> auto-invert -> Otsu -> keep the digit's ink -> deskew -> fit 20x20 -> centre of mass
-in 28x28 -> normalize. Training runs MNIST through the same `prepare_pixels`, so served and
-training inputs match; any change here must bump SIGNATURE so old models are refused at load.
+decode -> polarity -> ink strength -> keep the digit's ink -> deskew -> fit 20x20 -> centre of
+mass in 28x28 -> normalize. Ink strength has two paths: small images (scans, MNIST itself) use a
+global Otsu split of a flat background; larger ones (photos, screenshots) divide out a
+background estimate first, so shadows and light falloff are not ink, and drop ruled and grid
+lines that are fainter than the ink. Training runs MNIST through the same `prepare_pixels`, so
+served and training inputs match; any change here must bump SIGNATURE so old models are
+refused at load.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import math
 import warnings
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -19,16 +24,23 @@ from scipy import ndimage
 
 from handai.errors import HandaiError
 
-SIGNATURE = "handai-pre-v1:otsu|cc8|deskew10|fit20|com28|mnist-norm"
+SIGNATURE = "handai-pre-v2:border|otsu64|close3or8|lines|cc8|deskew10|fit20|com28|norm"
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 BACKGROUND = (0.0 - MNIST_MEAN) / MNIST_STD  # a normalized empty pixel
 
-FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
+# MPO is what Pillow calls the JPEGs many phones write (a main image plus a preview).
+FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP"})
 MIN_SIDE = 8
 WORK_SIDE = 256  # sides above this are reduced first: 28x28 output needs no more detail
+SCAN_SIDE = 64  # at most this: a scan or an MNIST-style image, with a flat background
 MIN_CONTRAST = 32  # grey levels between ink and paper; less is a blank or uniform image
+FAINT = 0.05  # photos: ink weaker than 5 % of the digit's own is left out of its box
+EVEN_SPREAD = 12  # grey levels the paper may vary by and still be evenly lit
+DARK_BULK = 110  # a median level below this: the bulk of the image is dark
+MIN_STRENGTH = 0.10  # photos: ink darkens the paper by at least 10 %; less is blank
 MAX_INK_FRACTION = 0.6  # more "ink" than paper is not a digit on a background
+LINE_FAINTNESS = 0.55  # a long straight stroke fainter than this share of the ink is a ruled line
 MAX_DESKEW_DEG = 10.0
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -49,7 +61,7 @@ def preprocess(data: bytes, *, max_side: int = 1024, invert: bool | None = None)
     """The whole read path's image step. Raises HandaiError, never anything else."""
     gray = decode(data, max_side=max_side)
     if invert is None:
-        invert = _dark_background(gray)
+        invert = dark_background(gray)
     if invert:
         gray = 255 - gray
     ink, deskew_deg = prepare_pixels(gray)
@@ -76,7 +88,7 @@ def decode(data: bytes, *, max_side: int) -> NDArray[np.uint8]:
                     f"expected PNG, JPEG, WebP, GIF or BMP, got {fmt}",
                 )
             _check_size(img.size, max_side)
-            if fmt == "JPEG":
+            if fmt in ("JPEG", "MPO"):
                 # Let libjpeg decode at 1/2..1/8 scale: most of the 20 ms budget on photos.
                 img.draft("L", (WORK_SIDE, WORK_SIDE))
             img.load()
@@ -121,60 +133,178 @@ def _to_gray(img: Image.Image) -> NDArray[np.uint8]:
 def _reduce(gray: NDArray[np.uint8]) -> NDArray[np.uint8]:
     side = max(gray.shape)
     if side <= WORK_SIDE:
-        return gray
+        return np.ascontiguousarray(gray)
     factor = math.ceil(side / WORK_SIDE)
     small = Image.fromarray(gray).reduce(factor)  # box filter: keeps thin strokes as grey
     reduced: NDArray[np.uint8] = np.asarray(small, dtype=np.uint8)
     return reduced
 
 
-def _dark_background(gray: NDArray[np.uint8]) -> bool:
-    border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    return float(np.median(border)) < 128.0
+def dark_background(gray: NDArray[np.uint8]) -> bool:
+    """Light ink on dark? Evenly lit images (scans, screenshots, MNIST) are judged by their
+    border, which is mostly paper even where the digit touches it. Photos are judged by their
+    bulk and its far tail: light ink on dark needs both a dark bulk (the median) and more
+    deviation above the median than below it, so a shadow over half a page does not flip it.
+    """
+    levels = gray.astype(np.float32)
+    if max(gray.shape) <= SCAN_SIDE or _evenly_lit(gray):
+        split = otsu(gray)
+        border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+        dark_share = float((border <= split).mean())
+        if abs(dark_share - 0.5) >= 0.1:
+            return dark_share > 0.5
+    median = float(np.median(levels))
+    darker = float(np.clip(median - levels, 0.0, None).sum())
+    lighter = float(np.clip(levels - median, 0.0, None).sum())
+    return median < DARK_BULK and lighter > darker
+
+
+def _evenly_lit(gray: NDArray[np.uint8]) -> bool:
+    """Either polarity: with the strokes (narrower than a third of the image) taken out, by a
+    closing for dark ink or an opening for light ink, is what is left flat?"""
+    k = max(gray.shape) // 3
+    return _even(_background(gray, k), k) or _even(_background(gray, k, cv2.MORPH_OPEN), k)
+
+
+def _even(background: NDArray[np.float32], k: int) -> bool:
+    """Flat within EVEN_SPREAD grey levels, judged away from the frame's edge, where ink that
+    runs along it looks like shade."""
+    m = k // 2
+    inner = background[m:-m, m:-m] if min(background.shape) > 2 * m + 8 else background
+    lo, hi = np.percentile(inner, (2, 98))
+    return bool(hi - lo <= EVEN_SPREAD)
 
 
 def otsu(gray: NDArray[np.uint8]) -> int:
     """Otsu's threshold: the level that maximizes between-class variance."""
-    hist = np.bincount(gray.ravel(), minlength=256).astype(np.float64)
-    weight = np.cumsum(hist)
-    mass = np.cumsum(hist * np.arange(256))
-    total_w, total_m = weight[-1], mass[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean_lo = mass / weight
-        mean_hi = (total_m - mass) / (total_w - weight)
-        between = weight * (total_w - weight) * (mean_lo - mean_hi) ** 2
-    return int(np.nanargmax(np.where(np.isfinite(between), between, -1.0)))
+    level, _ = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return int(level)
 
 
 def prepare_pixels(gray: NDArray[np.uint8]) -> tuple[NDArray[np.float32], float]:
     """Dark-on-light grayscale -> 28x28 ink intensities in [0, 1] (1 = ink), and the deskew."""
-    lo, hi = int(gray.min()), int(gray.max())
-    if hi - lo < MIN_CONTRAST:
+    if int(gray.max()) - int(gray.min()) < MIN_CONTRAST:
         raise HandaiError("preprocessing_failed", "no ink found: the image is blank or uniform")
-    level = otsu(gray)
-    mask = gray <= level
-    if mask.mean() > MAX_INK_FRACTION:
-        raise HandaiError(
-            "preprocessing_failed",
-            f"expected dark ink on a light background, got {mask.mean():.0%} ink",
-        )
-    keep = keep_digit(mask)
-    paper = float(np.median(gray[~mask]))
-    ink_level = float(np.percentile(gray[mask], 10))
-    strength = np.clip((paper - gray.astype(np.float32)) / max(paper - ink_level, 1.0), 0.0, 1.0)
-    # Anti-aliased edges sit just outside the Otsu mask: keep a one-pixel rim around kept ink.
-    strength *= ndimage.binary_dilation(keep, structure=_EIGHT)
+    small = max(gray.shape) <= SCAN_SIDE
+    strength = scan_strength(gray) if small else photo_strength(gray)
     rows, cols = np.nonzero(strength > 0.0)
+    if rows.size == 0:
+        raise HandaiError("preprocessing_failed", "no ink found: the image is blank or uniform")
     crop = strength[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     crop, angle = deskew(crop)
     return place(fit(crop)), angle
 
 
+def scan_strength(gray: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """Small images on a flat background: one Otsu level splits ink from paper."""
+    level = otsu(gray)
+    mask = gray <= level
+    _check_fraction(mask)
+    keep = keep_digit(mask)
+    paper = float(np.median(gray[~mask]))
+    ink_level = float(np.percentile(gray[mask], 10))
+    strength = np.clip((paper - gray.astype(np.float32)) / max(paper - ink_level, 1.0), 0.0, 1.0)
+    # Anti-aliased edges sit just outside the Otsu mask: keep a one-pixel rim around kept ink.
+    rim: NDArray[np.float32] = strength * ndimage.binary_dilation(keep, structure=_EIGHT)
+    return rim
+
+
+def photo_strength(gray: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """Photos and screenshots: how much darker each pixel is than the paper around it."""
+    darkening = flatten(gray)
+    darkening = remove_lines(darkening)
+    ink_level = float(np.percentile(darkening, 99.9))
+    if ink_level < MIN_STRENGTH:
+        raise HandaiError(
+            "preprocessing_failed",
+            f"no ink found: the darkest marks are {ink_level:.0%} darker than the paper",
+        )
+    # A share of the ink's own darkness: a small pencil digit has too few pixels for Otsu.
+    mask = darkening > max(0.35 * ink_level, _noise_floor(darkening))
+    _check_fraction(mask)
+    keep = keep_digit(mask)
+    ink_ref = float(np.percentile(darkening[keep], 90))
+    strength = np.clip(darkening / max(ink_ref, 1e-3), 0.0, 1.0)
+    strength[strength < FAINT] = 0.0  # JPEG ringing beside a stroke: not part of it
+    rim: NDArray[np.float32] = strength * ndimage.binary_dilation(keep, structure=_EIGHT)
+    return rim
+
+
+def flatten(gray: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """1 - pixel / paper: 0 on paper, near 1 on black ink, whatever the lighting.
+
+    The paper is a grey closing: it removes dark features narrower than its window and keeps
+    what varies slowly (shadows, light falloff), which is then divided out. Evenly lit paper
+    (a screenshot, a scan) gets a window of a third of the image, wide enough for a marker
+    stroke. Uneven light (a photo) gets an eighth: any wider and the edge of a hard shadow
+    passes for ink; a pen stroke in a photo is far thinner than that.
+    """
+    level = gray.astype(np.float32)
+    side = max(gray.shape)
+    k = side // 3
+    paper = _background(gray, k)
+    if _even(paper, k):  # a screenshot or a scan: nothing to tell apart
+        return _divide(level, paper)
+    return _divide(level, _background(gray, side // 8))
+
+
+def _background(gray: NDArray[np.uint8], k: int, op: int = cv2.MORPH_CLOSE) -> NDArray[np.float32]:
+    """The image without dark (closing) or light (opening) features narrower than k."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k | 1, k | 1))
+    found = cv2.morphologyEx(gray, op, kernel, borderType=cv2.BORDER_REPLICATE)
+    return np.asarray(found, np.float32)
+
+
+def _divide(level: NDArray[np.float32], background: NDArray[np.float32]) -> NDArray[np.float32]:
+    paper = np.maximum(np.maximum(background, level), 1.0)
+    darkening: NDArray[np.float32] = (1.0 - level / paper).astype(np.float32)
+    return darkening
+
+
+def remove_lines(darkening: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Zero ruled and grid lines: long, nearly straight, and fainter than the ink.
+
+    A slightly tilted line is first thickened across its direction, then found by an opening
+    with a long bar (a third of the image).
+    """
+    h, w = darkening.shape
+    ink_level = float(np.percentile(darkening, 99.9))
+    lines = np.zeros_like(darkening)
+    for length, across, along in ((w // 3, (1, 7), (w // 3, 1)), (h // 3, (7, 1), (1, h // 3))):
+        if length < 16:
+            continue
+        thick = cv2.dilate(darkening, cv2.getStructuringElement(cv2.MORPH_RECT, across))
+        found = cv2.morphologyEx(thick, cv2.MORPH_OPEN, np.ones(along[::-1], np.uint8))
+        np.maximum(lines, found, out=lines)
+    # A faint line, and a pixel no darker than the line there: a stroke that crosses a line
+    # is darker than it, and a digit's own long straight stroke is not faint.
+    faint = (lines > 0.03) & (lines < LINE_FAINTNESS * ink_level) & (darkening <= 1.5 * lines)
+    cleaned: NDArray[np.float32] = np.where(faint, 0.0, darkening).astype(np.float32)
+    return cleaned
+
+
+def _noise_floor(darkening: NDArray[np.float32]) -> float:
+    """The paper's own grain (JPEG blocks, sensor noise): six robust sigmas above its median."""
+    median = float(np.median(darkening))
+    mad = float(np.median(np.abs(darkening - median)))
+    return median + 6.0 * 1.4826 * mad + 0.02
+
+
+def _check_fraction(mask: NDArray[np.bool_]) -> None:
+    if mask.mean() > MAX_INK_FRACTION:
+        raise HandaiError(
+            "preprocessing_failed",
+            f"expected dark ink on a light background, got {mask.mean():.0%} ink",
+        )
+    if not mask.any():
+        raise HandaiError("preprocessing_failed", "no ink found: the image is blank or uniform")
+
+
 def keep_digit(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     """The largest 8-connected ink component plus the strokes that belong with it.
 
-    A second stroke stays when it is big (the two halves of a 4) or near the main
-    body and not a speck (the bar of a 5); dots and specks far away go.
+    A second stroke stays when it is big and close (the two halves of a 4) or near the main
+    body and not a speck (the bar of a 5); dots, specks and stray marks far away go.
     """
     labels, _count = ndimage.label(mask, structure=_EIGHT)
     sizes = np.bincount(labels.ravel())[1:]
@@ -182,13 +312,16 @@ def keep_digit(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     boxes = ndimage.find_objects(labels)
     main_box = boxes[main]
     assert main_box is not None
-    reach = 0.3 * max(main_box[0].stop - main_box[0].start, main_box[1].stop - main_box[1].start)
+    extent = max(main_box[0].stop - main_box[0].start, main_box[1].stop - main_box[1].start)
     largest = float(sizes[main])
     kept = [main + 1]
     for index, (size, box) in enumerate(zip(sizes, boxes, strict=True)):
         if index == main or box is None:
             continue
-        if size >= 0.25 * largest or (size >= 0.04 * largest and _gap(main_box, box) <= reach):
+        gap = _gap(main_box, box)
+        if (size >= 0.25 * largest and gap <= 0.6 * extent) or (
+            size >= 0.04 * largest and gap <= 0.3 * extent
+        ):
             kept.append(index + 1)
     return np.isin(labels, kept)
 

@@ -1,14 +1,18 @@
-"""The model registry on disk: `<model_dir>/<model_id>/{model.pt, manifest.json}`.
+"""The model registry on disk: `<model_dir>/<model_id>/{model.pt, manifest.json}` and `ACTIVE`.
 
 Nothing enters the registry before it has loaded and run: uploads are checked in a
 temporary folder beside the registry and then renamed into place, so an interrupted
 or failed install leaves the registry as it was.
+
+`ACTIVE` is the one record of which model is live. Activation writes it, then asks Serve to
+reconfigure the Model replicas, which read it; a replica that starts later reads it too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -21,7 +25,13 @@ import torch
 from torch import nn
 
 from handai.errors import HandaiError
-from handai.manifest import MODEL_ID_PATTERN, Manifest, new_manifest, parse_manifest
+from handai.manifest import (
+    MODEL_ID_PATTERN,
+    RESERVED_IDS,
+    Manifest,
+    new_manifest,
+    parse_manifest,
+)
 from handai.model import build_model
 
 MODEL_FILE = "model.pt"
@@ -29,6 +39,7 @@ MANIFEST_FILE = "manifest.json"
 ACTIVE_FILE = "ACTIVE"  # the last activated model_id: survives restarts and redeploys
 SEED_DIR = Path(__file__).resolve().parents[1] / "seed"
 _ID = re.compile(MODEL_ID_PATTERN)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,7 @@ class LoadedModel:
 
 
 def check_model_id(model_id: str) -> str:
-    if not _ID.fullmatch(model_id):
+    if not _ID.fullmatch(model_id) or model_id.lower() in RESERVED_IDS:
         raise HandaiError(
             "invalid_model",
             f"model_id: expected letters, digits, '.', '_' or '-' (1-64, "
@@ -108,15 +119,24 @@ def list_manifests(model_dir: Path) -> list[Manifest]:
     if not model_dir.is_dir():
         return found
     for folder in sorted(model_dir.iterdir()):
-        if not (_ID.fullmatch(folder.name) and (folder / MODEL_FILE).is_file()):
-            continue
-        try:
-            manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes())
-        except (HandaiError, OSError):
-            continue
-        if manifest.model_id == folder.name:
+        manifest = _valid_manifest(model_dir, folder.name)
+        if manifest is not None:
             found.append(manifest)
     return sorted(found, key=lambda m: m.created_at, reverse=True)
+
+
+def _valid_manifest(model_dir: Path, model_id: str) -> Manifest | None:
+    """The manifest of a registered model this code can serve, or None."""
+    folder = model_dir / model_id
+    if not (_ID.fullmatch(model_id) and model_id.lower() not in RESERVED_IDS):
+        return None
+    if not (folder / MODEL_FILE).is_file():
+        return None
+    try:
+        manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes())
+    except (HandaiError, OSError):
+        return None
+    return manifest if manifest.model_id == model_id else None
 
 
 def install(model_dir: Path, model_id: str, manifest_raw: bytes, weights: bytes) -> Manifest:
@@ -179,25 +199,42 @@ def set_active(model_dir: Path, model_id: str) -> None:
     tmp.replace(model_dir / ACTIVE_FILE)
 
 
-def resolve_active(model_dir: Path, configured: str = "") -> str:
-    """The model to serve when none is named: the recorded one, the configured one, the newest."""
-    pointer = model_dir / ACTIVE_FILE
-    if pointer.is_file():
-        recorded = pointer.read_text().strip()
-        if _ID.fullmatch(recorded) and (model_dir / recorded / MODEL_FILE).is_file():
-            return recorded
-    if configured:
-        return check_model_id(configured)
-    newest = list_manifests(model_dir)
-    if not newest:
-        raise HandaiError("service_not_ready", f"no valid model in {model_dir}")
-    return newest[0].model_id
+def recorded_active(model_dir: Path) -> str | None:
+    """What ACTIVE says, or None when there is no record yet."""
+    try:
+        return (model_dir / ACTIVE_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def resolve_active(model_dir: Path, initial: str = "", seed_dir: Path = SEED_DIR) -> str:
+    """The live model: what ACTIVE records, when that model is registered and servable.
+
+    With no record (a fresh registry), or a record this code can no longer serve (a model
+    refused by a new preprocessing SIGNATURE), the initial model from the settings or else
+    the newest shipped seed model takes its place, and the record says so. Never "the newest
+    upload": an upload goes live only when it is activated.
+    """
+    recorded = recorded_active(model_dir)
+    if recorded is not None and _valid_manifest(model_dir, recorded) is not None:
+        return recorded
+    candidates = [initial] if initial else []
+    candidates += [m.model_id for m in list_manifests(seed_dir)]
+    for model_id in candidates:
+        if _valid_manifest(model_dir, model_id) is not None:
+            if recorded is not None:
+                log.warning("ACTIVE named %r, which cannot be served; now %r", recorded, model_id)
+            set_active(model_dir, model_id)
+            return model_id
+    raise HandaiError(
+        "service_not_ready",
+        f"no servable model recorded in {model_dir / ACTIVE_FILE} and no initial or seed model "
+        "in the registry",
+    )
 
 
 def seed_registry(model_dir: Path, seed_dir: Path) -> list[str]:
-    """Copy the shipped models into an empty registry; returns the ids copied."""
-    if list_manifests(model_dir):
-        return []
+    """Copy the shipped models the registry lacks; returns the ids copied."""
     copied: list[str] = []
     for manifest in list_manifests(seed_dir):
         target = model_dir / manifest.model_id

@@ -1,14 +1,15 @@
-"""Shared, real fixtures: one local Ray cluster per session with the Serve graph deployed
-by the `serve deploy` CLI from serve_config.yaml, and model files written by the registry."""
+"""Shared, real fixtures: one local Ray cluster per session, started by deployments.cluster as
+`make serve` starts it, with serve_config.yaml deployed by the `serve deploy` CLI, a real
+redis-server, and model files written by the registry."""
 
 from __future__ import annotations
 
 import copy
-import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,8 +21,9 @@ import pytest
 import torch
 import yaml
 
+from deployments.cluster import Cluster, Ports
 from handai.model import build_model
-from handai.registry import save
+from handai.registry import save, set_active
 from tests.images import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +87,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @dataclass
 class Service:
-    url: str  # the open app (no API key)
+    url: str  # the app as make serve deploys it (no API key)
     secure_url: str  # the same graph with the API key enforced and tiny queues
     tight_url: str  # the same graph with a 1 ms deadline
     metrics_url: str  # Ray's Prometheus export
@@ -95,6 +97,7 @@ class Service:
     artifacts: Path
     redis_url: str
     env: dict[str, str]
+    cluster: Cluster
 
     def client(self, secure: bool = False, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.secure_url if secure else self.url, timeout=60, **kw)
@@ -110,45 +113,39 @@ class Service:
         )
 
 
-def test_config(model_dir: Path, secure_dir: Path, artifacts: Path, port: int) -> dict[str, Any]:
-    """serve_config.yaml as shipped, as three apps sized for the test box:
-    handai (open, two Model replicas), handai-secure (API key on, 4 reads admitted at once so
-    overload shows), handai-tight (a 1 ms deadline so timeouts show)."""
+def test_config(secure_storage: Path, port: int) -> dict[str, Any]:
+    """serve_config.yaml as shipped, on a free port, beside two variants of it.
+
+    `handai` is exactly what `make serve` deploys: its resources, replicas and settings.
+    The variants exist only to show what the shipped settings cannot: handai-secure (API key
+    on, 4 reads admitted at once so overload shows) and handai-tight (a 1 ms deadline so
+    timeouts show). They claim no logical CPU, so the cluster's CPUs are shared out exactly
+    as under `make serve`: what a training job can get is what a user's job can get."""
     config: dict[str, Any] = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"].update({"port": port, "host": "127.0.0.1"})
     base = config["applications"][0]
-    secure = {"DIGITS__MODEL_DIR": str(secure_dir), "SECURITY__API_KEY": API_KEY}
     # (name, prefix, environment, deployment name -> options)
     variants: list[tuple[str, str, dict[str, str], dict[str, dict[str, Any]]]] = [
-        ("handai", "/", {"DIGITS__MODEL_DIR": str(model_dir)}, {"Model": {"num_replicas": 2}}),
         (
             "handai-secure",
             "/secure",
-            secure,
+            {"STORAGE__ROOT": str(secure_storage), "SECURITY__API_KEY": API_KEY},
             {"Ingress": {"user_config": {"max_pending_reads": 4, "max_batch_size": 2}}},
         ),
         (
             "handai-tight",
             "/tight",
-            {"DIGITS__MODEL_DIR": str(secure_dir), "DIGITS__PREDICT_TIMEOUT_SECONDS": "0.001"},
+            {"STORAGE__ROOT": str(secure_storage), "DIGITS__PREDICT_TIMEOUT_SECONDS": "0.001"},
             {},
         ),
     ]
-    apps = []
+    apps = [base]
     for name, prefix, env, options in variants:
         app = copy.deepcopy(base)
         app["name"], app["route_prefix"] = name, prefix
-        app["runtime_env"] = {
-            "env_vars": {
-                "HANDAI_APP_NAME": name,
-                "DIGITS__PREDICT_TIMEOUT_SECONDS": "20",
-                "APP__ARTIFACTS_ROOT": str(artifacts),
-                "APP__DATA_ROOT": str(DATA),
-                **env,
-            }
-        }
+        app["runtime_env"] = {"env_vars": {"HANDAI_APP_NAME": name, **env}}
         for deployment in app["deployments"]:
-            deployment["ray_actor_options"] = {"num_cpus": 0.1}
+            deployment["ray_actor_options"] = {"num_cpus": 0}
             extra = dict(options.get(deployment["name"], {}))  # popped below: leave variants be
             user_config = {**deployment.get("user_config", {}), **extra.pop("user_config", {})}
             if user_config:  # only deployments with reconfigure() take one
@@ -171,65 +168,62 @@ def wait_ready(url: str, timeout: float = 240.0) -> None:
     raise RuntimeError(f"{url} was not ready within {timeout} s")
 
 
+def registry_with(storage: Path, *model_ids: str) -> Path:
+    """A registry of random-weight models, the first one recorded as active."""
+    models = storage / "models"
+    for seed, model_id in enumerate(model_ids):
+        make_model(models, model_id, seed=seed)
+    set_active(models, model_ids[0])
+    return models
+
+
+def free_ports() -> Ports:
+    return Ports(**{name: free_port() for name in Ports.__dataclass_fields__})
+
+
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
-    import ray
-
+    """The cluster as `make serve` starts it (deployments.cluster, the same Ray settings and
+    CPU count), with the service's storage and data in a temporary folder."""
     work = tmp_path_factory.mktemp("service")
-    model_dir, secure_dir = work / "models", work / "secure-models"
-    artifacts = work / "artifacts"
-    for folder in (model_dir, secure_dir):
-        make_model(folder, "test-a", seed=0)
-    make_model(model_dir, "test-b", seed=1)
-    port, dash_port, metrics_port = free_port(), free_port(), free_port()
-    dashboard = f"http://127.0.0.1:{dash_port}"
-    # Workers inherit this environment: jobs publish to this Redis and promote to this app.
-    os.environ.update(
-        {
-            "RAY_AUTH_MODE": "disabled",
-            "RAY_DASHBOARD_URL": dashboard,
-            "RAY_USAGE_STATS_ENABLED": "0",
-            # As `make serve` runs it: HAProxy in front, gRPC between replicas.
-            "RAY_SERVE_ENABLE_HA_PROXY": os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "1"),
-            "RAY_SERVE_THROUGHPUT_OPTIMIZED": os.environ.get("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1"),
+    storage, secure_storage = work / "storage", work / "secure-storage"
+    model_dir = registry_with(storage, "test-a", "test-b")
+    secure_dir = registry_with(secure_storage, "test-a")
+    ports = free_ports()
+    cluster = Cluster(
+        ports=ports,
+        state=Path(tempfile.mkdtemp(prefix="handai-t")),  # short: Ray's socket paths
+        env_extra={
             "REDIS_URL": redis_url,
-            "DIGITS__MODEL_DIR": str(model_dir),
+            "STORAGE__ROOT": str(storage),
+            "APP__DATA_ROOT": str(DATA),
             "HANDAI_APP_NAME": "handai",
-        }
-    )
-    # Four logical CPUs on two cores: room for a 2-worker training job beside the graph.
-    ray.init(
-        num_cpus=4,
-        include_dashboard=True,
-        dashboard_port=dash_port,
-        _metrics_export_port=metrics_port,
-        namespace="handai-tests",
-        log_to_driver=False,
+        },
     )
     config_path = work / "serve_config.yaml"
-    config_path.write_text(yaml.safe_dump(test_config(model_dir, secure_dir, artifacts, port)))
+    config = test_config(secure_storage, ports.http)
+    config_path.write_text(yaml.safe_dump(config))
     svc = Service(
-        url=f"http://127.0.0.1:{port}",
-        secure_url=f"http://127.0.0.1:{port}/secure",
-        tight_url=f"http://127.0.0.1:{port}/tight",
-        metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
-        dashboard=dashboard,
+        url=cluster.url,
+        secure_url=f"{cluster.url}/secure",
+        tight_url=f"{cluster.url}/tight",
+        metrics_url=f"http://127.0.0.1:{ports.metrics}/metrics",
+        dashboard=cluster.dashboard,
         model_dir=model_dir,
         secure_model_dir=secure_dir,
-        artifacts=artifacts,
+        artifacts=storage / "artifacts",
         redis_url=redis_url,
-        env={**os.environ, "RAY_ADDRESS": dashboard},
+        env=cluster.cli_env(),
+        cluster=cluster,
     )
     try:
-        deployed = svc.serve_cli("deploy", str(config_path))
-        assert deployed.returncode == 0, deployed.stderr
-        wait_ready(svc.url)
-        wait_ready(svc.secure_url)
-        wait_ready(svc.tight_url)
+        cluster.start()
+        cluster.deploy(config_path)
+        cluster.wait_running([app["name"] for app in config["applications"]])
+        for url in (svc.url, svc.secure_url, svc.tight_url):
+            wait_ready(url)
         yield svc
     finally:
-        from ray import serve
-
-        serve.shutdown()
-        ray.shutdown()
+        cluster.stop()
+        shutil.rmtree(cluster.folder, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)

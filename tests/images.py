@@ -42,3 +42,45 @@ def binary_digit(rng: np.random.Generator) -> NDArray[np.uint8]:
 
 def hwd_files() -> list[Path]:
     return sorted(HWD.glob("*.png"))
+
+
+def hwd_digit(path: Path) -> NDArray[np.uint8]:
+    """An hwd1000 digit as light ink on dark, the way train.wild takes its sources."""
+    return 255 - np.asarray(Image.open(path).convert("L"), dtype=np.uint8)
+
+
+def on_paper(
+    digit: NDArray[np.uint8],
+    *,
+    side: int = 600,
+    shadow: float = 0.0,
+    lines: bool = False,
+    quality: int = 75,
+) -> bytes:
+    """A pen digit photographed on white paper: optionally half in a soft shadow that falls
+    across it (the light there down by `shadow`), optionally on blue ruled lines."""
+    from train.wild import pen_ink
+
+    rng = np.random.default_rng(0)
+    ink = np.zeros((side, side), np.float32)
+    box = side // 2
+    ink[side // 4 : side // 4 + box, side // 4 : side // 4 + box] = pen_ink(digit, box, rng, 1.0)
+    paper = np.ones((side, side, 3), np.float32) * np.array([0.97, 0.96, 0.92], np.float32)
+    if lines:
+        for y in range(side // 20, side, side // 15):
+            paper[y : y + 2] = np.array([0.6, 0.7, 0.9], np.float32)
+    img = paper * (1 - 0.9 * ink[..., None]) + 0.1 * 0.9 * ink[..., None]
+    if shadow:
+        xs = np.arange(side, dtype=np.float32)
+        edge = 1 / (1 + np.exp(-(xs - side * 0.45) / (side * 0.03)))  # soft, across the digit
+        img *= (1 - shadow * edge)[None, :, None]
+    pixels = np.clip(img * 255, 0, 255).astype(np.uint8)
+    return encode(Image.fromarray(pixels), "JPEG", quality=quality)
+
+
+def tight_crop(digit: NDArray[np.uint8], scale: int = 6) -> bytes:
+    """Dark ink on white, cropped to the ink so it touches every edge, scaled up."""
+    rows, cols = np.nonzero(digit > 40)
+    crop = 255 - digit[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    img = Image.fromarray(crop).resize((crop.shape[1] * scale, crop.shape[0] * scale))
+    return encode(img)

@@ -8,14 +8,16 @@ from handai.config import ConfigError, load_settings
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for key in list(__import__("os").environ):
-        if key.upper().startswith(("APP__", "DIGITS__", "SECURITY__", "HANDAI_CONFIG")):
+        if key.upper().startswith(
+            ("APP__", "DIGITS__", "STORAGE__", "SECURITY__", "HANDAI_CONFIG", "HANDAI_HOME")
+        ):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path)  # no config/handai.toml here unless a test writes one
 
 
 def write_toml(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config" / "handai.toml"
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
 
@@ -114,3 +116,39 @@ def test_secret_is_not_echoed_in_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert "12345" not in str(info.value)
+
+
+def test_relative_paths_are_the_projects_wherever_the_process_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ray job runs in Ray's copy of the working directory: HANDAI_HOME keeps `../shared`
+    and the storage pointing at the project's own folders."""
+    project = tmp_path / "project"
+    write_toml(project, '[app]\ndata_root = "../shared/data"\n[storage]\nroot = "."\n')
+    elsewhere = tmp_path / "ray-copy"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("HANDAI_HOME", str(project))
+    s = load_settings()
+    assert s.app.data_root == (tmp_path / "shared" / "data").resolve()
+    assert s.storage.models == project.resolve() / "models"
+    assert s.storage.runs == project.resolve() / "artifacts" / "runs"
+
+
+def test_without_handai_home_paths_are_the_current_directorys(tmp_path: Path) -> None:
+    assert load_settings().storage.root == tmp_path.resolve()
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[surprise]\nx = 1\n", "surprise"),
+        ("[digits]\nmodel_dir = 'models'\n", "model_dir"),
+        ("[storage]\nmodels = 'x'\n", "models"),
+    ],
+    ids=["unknown-section", "retired-key", "unknown-storage-key"],
+)
+def test_unknown_keys_stop_startup(tmp_path: Path, text: str, key: str) -> None:
+    write_toml(tmp_path, text)
+    with pytest.raises(ConfigError, match=key):
+        load_settings()

@@ -1,5 +1,6 @@
 import io
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,13 +14,24 @@ from handai.preprocess import (
     BACKGROUND,
     MNIST_MEAN,
     MNIST_STD,
+    dark_background,
     decode,
     deskew,
+    flatten,
     keep_digit,
     otsu,
     preprocess,
+    remove_lines,
 )
-from tests.images import binary_digit, draw_seven, encode, hwd_files
+from tests.images import (
+    binary_digit,
+    draw_seven,
+    encode,
+    hwd_digit,
+    hwd_files,
+    on_paper,
+    tight_crop,
+)
 
 CODES = {
     "invalid_image",
@@ -262,3 +274,92 @@ def test_every_hand_drawn_digit_preprocesses() -> None:
 def test_decode_keeps_small_images_whole() -> None:
     assert decode(encode(draw_seven(100)), max_side=1024).shape == (100, 100)
     assert max(decode(encode(draw_seven(1000)), max_side=1024).shape) <= 256
+
+
+# Photos: every step on images rendered the way phones take them (tests/images.py).
+SEVEN_HWD = hwd_files()[705]
+
+
+def test_phone_jpegs_opened_as_mpo_are_read() -> None:
+    img = draw_seven(300).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, "MPO", save_all=True, append_images=[img.resize((150, 150))])
+    mpo = buf.getvalue()
+    assert Image.open(io.BytesIO(mpo)).format == "MPO"
+    out = preprocess(mpo)
+    np.testing.assert_allclose(out.pixels, preprocess(encode(img, "JPEG")).pixels, atol=0.2)
+
+
+@pytest.mark.parametrize(
+    ("upload", "light_ink"),
+    [
+        (lambda: on_paper(hwd_digit(SEVEN_HWD), shadow=0.6), False),
+        (lambda: on_paper(hwd_digit(SEVEN_HWD), lines=True), False),
+        (lambda: tight_crop(hwd_digit(SEVEN_HWD)), False),
+        (lambda: encode(draw_seven(400, width=40, ink=230, paper=30)), True),
+        (lambda: encode(draw_seven(28, width=3, ink=255, paper=0)), True),
+    ],
+    ids=["shadowed-photo", "ruled-photo", "tight-crop", "dark-mode", "mnist-style"],
+)
+def test_polarity_comes_from_the_whole_image(upload: Any, light_ink: bool) -> None:
+    assert dark_background(decode(upload(), max_side=1024)) is light_ink
+
+
+def test_a_shadow_is_divided_out_and_the_ink_stays() -> None:
+    gray = decode(on_paper(hwd_digit(SEVEN_HWD), shadow=0.6), max_side=1024)
+    darkening = flatten(gray)
+    h, w = gray.shape
+    assert gray[10, w - 10] < 0.6 * gray[10, 10]  # the right side really is in shadow
+    assert darkening[: h // 5, w - w // 5 :].max() < 0.1  # shadowed paper: not ink
+    assert np.percentile(darkening, 99.9) > 0.6  # the pen stroke: strongly ink
+
+
+def test_ruled_lines_go_and_strokes_across_them_stay() -> None:
+    side = 200
+    darkening = np.zeros((side, side), np.float32)
+    darkening[20::20, :] = 0.25  # faint ruled lines
+    darkening[30:170, 98:102] = 0.9  # a "1": long, straight and dark
+    darkening[100:104, 40:90] = 0.9  # a short bar crossing nothing
+    cleaned = remove_lines(darkening)
+    assert cleaned[20, 10] == 0.0 and cleaned[140, 150] == 0.0  # lines gone
+    assert (cleaned[30:170, 98:102] == 0.9).all()  # the 1 whole, where it crosses lines too
+    assert (cleaned[100:104, 40:90] == 0.9).all()
+
+
+def test_a_stray_mark_away_from_the_digit_is_dropped() -> None:
+    mask = np.zeros((200, 200), dtype=bool)
+    mask[40:140, 60:68] = True  # the digit
+    mask[40:48, 60:110] = True
+    mask[180:186, 150:190] = True  # a pen tick far below: 30 % of the digit's ink
+    kept = keep_digit(mask)
+    assert kept[100, 64] and not kept[183, 170]
+
+
+def test_pencil_is_read_and_blank_paper_refused() -> None:
+    faint = on_paper(hwd_digit(SEVEN_HWD), shadow=0.4)  # then made pencil-faint below
+    gray = decode(faint, max_side=1024).astype(np.float32)
+    pencil = np.clip(255 - (255 - gray) * 0.25, 0, 255).astype(np.uint8)  # ink 25 % as dark
+    assert preprocess(encode(Image.fromarray(pencil), "JPEG", quality=60)).pixels.shape == (
+        1,
+        1,
+        28,
+        28,
+    )
+    blank = np.full((400, 300), 235, np.uint8)
+    blank[:, 150:] = 140  # paper, half of it in a hard shadow: no ink anywhere
+    with pytest.raises(HandaiError) as err:
+        preprocess(encode(Image.fromarray(blank), "JPEG"))
+    assert err.value.code == "preprocessing_failed"
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(65, 300), st.integers(65, 300))))
+def test_arbitrary_photo_sized_arrays_give_finite_output_or_a_clear_error(
+    arr: np.ndarray,
+) -> None:
+    try:
+        out = preprocess(encode(Image.fromarray(arr)))
+    except HandaiError as err:
+        assert err.code in CODES
+    else:
+        assert out.pixels.shape == (1, 1, 28, 28) and np.isfinite(out.pixels).all()

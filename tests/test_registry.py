@@ -10,13 +10,17 @@ from handai.manifest import parse_manifest
 from handai.model import build_model
 from handai.preprocess import SIGNATURE
 from handai.registry import (
+    ACTIVE_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     install,
     list_manifests,
     load,
+    recorded_active,
+    resolve_active,
     save,
     seed_registry,
+    set_active,
     sha256_of,
 )
 
@@ -181,4 +185,91 @@ def test_save_writes_a_loadable_artifact_and_seed_copies_it(tmp_path: Path) -> N
     assert manifest.sha256 == sha256_of((tmp_path / "seed" / "s1" / MODEL_FILE).read_bytes())
     assert seed_registry(tmp_path / "models", tmp_path / "seed") == ["s1"]
     assert load(tmp_path / "models", "s1").manifest.model_dump()["test_acc"] == 0.91
-    assert seed_registry(tmp_path / "models", tmp_path / "seed") == []  # not empty any more
+    assert seed_registry(tmp_path / "models", tmp_path / "seed") == []  # already there
+
+
+def test_naive_created_at_is_taken_as_utc_and_lists(tmp_path: Path, weights: bytes) -> None:
+    naive = manifest_for("naive", weights, created_at="2026-11-26T00:00:00")
+    install(tmp_path, "naive", json.dumps(naive).encode(), weights)
+    install(tmp_path, "aware", json.dumps(manifest_for("aware", weights)).encode(), weights)
+    listed = list_manifests(tmp_path)  # sorting mixed naive and aware times raised TypeError
+    assert [m.model_id for m in listed] == ["naive", "aware"]
+    assert listed[0].created_at.tzinfo is not None
+
+
+@pytest.mark.parametrize("n_classes", [2, 12, 1000])
+def test_only_ten_class_models_are_accepted(weights: bytes, n_classes: int) -> None:
+    with pytest.raises(HandaiError, match="n_classes"):
+        parse_manifest(json.dumps(manifest_for("m1", weights, n_classes=n_classes)))
+
+
+@pytest.mark.parametrize("reserved", ["ACTIVE", "active", "Active"])
+def test_the_record_name_is_not_a_model_id(tmp_path: Path, weights: bytes, reserved: str) -> None:
+    raw = json.dumps(manifest_for(reserved, weights)).encode()
+    with pytest.raises(HandaiError, match="model_id"):
+        install(tmp_path, reserved, raw, weights)
+    with pytest.raises(HandaiError, match="model_id"):
+        set_active(tmp_path, reserved)
+    assert not (tmp_path / ACTIVE_FILE).exists()
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> tuple[Path, Path]:
+    """A shipped seed model and a registry seeded from it, with no ACTIVE record yet."""
+    seed_dir, models = tmp_path / "seed", tmp_path / "models"
+    save(seed_dir / "shipped", build_model(), model_id="shipped", val_acc=0.99, temperature=1.0)
+    assert seed_registry(models, seed_dir) == ["shipped"]
+    return seed_dir, models
+
+
+def test_an_upload_never_goes_live_unless_activated(
+    seeded: tuple[Path, Path], weights: bytes
+) -> None:
+    seed_dir, models = seeded
+    newer = manifest_for("newer", weights, created_at="2099-01-01T00:00:00Z")
+    install(models, "newer", json.dumps(newer).encode(), weights)  # activate=false
+    assert resolve_active(models, seed_dir=seed_dir) == "shipped"
+    assert recorded_active(models) == "shipped"  # the record now says so, for every replica
+    set_active(models, "newer")
+    assert resolve_active(models, seed_dir=seed_dir) == "newer"
+
+
+def test_initial_model_setting_is_used_before_any_activation(
+    seeded: tuple[Path, Path], weights: bytes
+) -> None:
+    seed_dir, models = seeded
+    install(models, "chosen", json.dumps(manifest_for("chosen", weights)).encode(), weights)
+    assert resolve_active(models, "chosen", seed_dir=seed_dir) == "chosen"
+
+
+def test_a_record_that_cannot_be_served_falls_back(
+    seeded: tuple[Path, Path], weights: bytes
+) -> None:
+    seed_dir, models = seeded
+    install(models, "valid", json.dumps(manifest_for("valid", weights)).encode(), weights)
+    # A model made for an older preprocessing SIGNATURE, still recorded as active.
+    old = manifest_for("old", weights, preprocess_hash="handai-pre-v1:otsu")
+    (models / "old").mkdir()
+    (models / "old" / MODEL_FILE).write_bytes(weights)
+    (models / "old" / MANIFEST_FILE).write_text(json.dumps(old))
+    set_active(models, "old")
+    assert resolve_active(models, seed_dir=seed_dir) == "shipped"
+    assert recorded_active(models) == "shipped"
+    (models / ACTIVE_FILE).write_text("gone\n")  # a record naming a deleted model
+    assert resolve_active(models, seed_dir=seed_dir) == "shipped"
+
+
+def test_nothing_servable_is_not_ready(tmp_path: Path) -> None:
+    with pytest.raises(HandaiError) as err:
+        resolve_active(tmp_path / "models", seed_dir=tmp_path / "no-seed")
+    assert err.value.code == "service_not_ready"
+
+
+def test_seeding_adds_missing_seed_models_to_a_used_registry(
+    tmp_path: Path, weights: bytes
+) -> None:
+    models = tmp_path / "models"
+    install(models, "mine", json.dumps(manifest_for("mine", weights)).encode(), weights)
+    save(tmp_path / "seed" / "s2", build_model(), model_id="s2", val_acc=0.9, temperature=1.0)
+    assert seed_registry(models, tmp_path / "seed") == ["s2"]
+    assert {m.model_id for m in list_manifests(models)} == {"mine", "s2"}

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from handai import registry
+from handai.errors import HandaiError
 from handai.inference import Engine
 from handai.preprocess import preprocess
-from tests.images import encode, hwd_files
+from tests.images import encode, hwd_digit, hwd_files, on_paper, tight_crop
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +78,55 @@ def test_inverted_upload_reads_the_same(seed: registry.LoadedModel) -> None:
 def test_temperature_is_calibrated_not_default(seed: registry.LoadedModel) -> None:
     assert seed.manifest.temperature != 1.0
     assert torch.isfinite(torch.tensor(seed.manifest.temperature))
+
+
+@pytest.mark.parametrize("path", hwd_files()[5::100], ids=lambda p: p.name)
+def test_the_same_digit_reads_the_same_however_it_is_photographed(
+    seed: registry.LoadedModel, path: Path
+) -> None:
+    """One digit, four uploads: clean, half in a strong shadow, on ruled paper, tight crop."""
+    digit = hwd_digit(path)
+    uploads = {
+        "clean": on_paper(digit),
+        "shadow": on_paper(digit, shadow=0.55),
+        "ruled": on_paper(digit, lines=True),
+        "tight": tight_crop(digit),
+    }
+    reads = dict(
+        zip(uploads, read_all(engine_for(seed, False), list(uploads.values()), False), strict=True)
+    )
+    assert set(reads.values()) == {int(path.name[0])}, reads
+
+
+def keyboard() -> bytes:
+    keys = np.full((300, 400), 200, np.uint8)
+    for y in range(20, 280, 60):
+        for x in range(20, 380, 60):
+            keys[y : y + 45, x : x + 45] = 60
+            keys[y + 15 : y + 25, x + 18 : x + 24] = 230
+    return encode(Image.fromarray(keys), "JPEG")
+
+
+@pytest.mark.parametrize(
+    "upload",
+    [
+        lambda: on_paper(np.zeros((28, 28), np.uint8), lines=True),
+        lambda: on_paper(np.zeros((28, 28), np.uint8), lines=True, shadow=0.5),
+        lambda: encode(
+            Image.fromarray((np.random.default_rng(0).random((300, 300)) * 255).astype(np.uint8)),
+            "JPEG",
+        ),
+        keyboard,
+    ],
+    ids=["ruled-page", "ruled-page-in-shadow", "noise", "keyboard"],
+)
+def test_no_digit_is_never_a_confident_answer(
+    seed: registry.LoadedModel, upload: Callable[[], bytes]
+) -> None:
+    try:
+        pixels = preprocess(upload()).pixels
+    except HandaiError as err:
+        assert err.code == "preprocessing_failed"
+        return
+    answer = engine_for(seed, False).predict(pixels, [False])[0]
+    assert answer.uncertain, answer

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import torch
 
 from handai.model import build_model
-from handai.registry import MANIFEST_FILE, MODEL_FILE, save
+from handai.registry import ACTIVE_FILE, MANIFEST_FILE, MODEL_FILE, save
 from tests.conftest import Service
 from tests.images import HWD
 
@@ -142,3 +145,86 @@ def test_upload_needs_both_parts(service: Service, missing: str) -> None:
     with service.client() as c:
         resp = c.post("/v1/admin/models/upload", files=parts, data={"model_id": "x"})
     assert resp.status_code == 400 and resp.json()["code"] == "malformed_multipart"
+
+
+def upload(
+    c: httpx.Client, folder: Path, as_id: str, activate: bool = False, **manifest: Any
+) -> httpx.Response:
+    """Upload a saved model folder, its manifest changed by `manifest` first."""
+    raw = json.loads((folder / MANIFEST_FILE).read_bytes())
+    raw.update(manifest)
+    return c.post(
+        "/v1/admin/models/upload",
+        files={
+            "manifest": ("m.json", json.dumps(raw).encode(), "application/json"),
+            "model": ("model.pt", (folder / MODEL_FILE).read_bytes(), "application/octet-stream"),
+        },
+        data={"model_id": as_id, "activate": str(activate).lower()},
+        timeout=180,
+    )
+
+
+def saved(tmp_path: Path, model_id: str, seed: int) -> Path:
+    torch.manual_seed(seed)
+    save(tmp_path / model_id, build_model(), model_id=model_id, val_acc=0.5, temperature=1.0)
+    return tmp_path / model_id
+
+
+def test_naive_timestamp_upload_lists_and_survives_a_restart(
+    service: Service, tmp_path: Path
+) -> None:
+    folder = saved(tmp_path, "naive-1", seed=11)
+    with service.client() as c:
+        resp = upload(c, folder, "naive-1", created_at="2099-01-01T00:00:00")
+        assert resp.status_code == 200, resp.text
+        listing = c.get("/v1/models")
+        assert listing.status_code == 200, listing.text
+        assert "naive-1" in [m["model_id"] for m in listing.json()["models"]]
+        live = c.get("/v1/models/active").json()["model_id"]
+        assert live != "naive-1"  # uploaded with activate=false: not live, not even newest-first
+        # A Model replica that dies and comes back reads the ACTIVE record: the same model.
+        for pid in replica_pids(service):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ready = c.get("/readyz")
+            if ready.status_code == 200 and ready.json()["model_id"]:
+                break
+            time.sleep(1)
+        assert c.get("/v1/models/active").json()["model_id"] == live
+        assert active_ids(c) == {live}
+
+
+@pytest.mark.parametrize(
+    ("model_id", "change", "field"),
+    [("bad-classes", {"n_classes": 12}, "n_classes"), ("ACTIVE", {}, "model_id")],
+    ids=["twelve-classes", "record-name"],
+)
+def test_uploads_that_would_break_the_registry_are_refused(
+    service: Service, tmp_path: Path, model_id: str, change: dict[str, Any], field: str
+) -> None:
+    folder = saved(tmp_path, "m", seed=12)
+    with service.client() as c:
+        resp = upload(c, folder, model_id, model_id=model_id, **change)
+        assert resp.status_code == 400 and resp.json()["code"] == "invalid_model", resp.text
+        assert field in resp.json()["message"]
+        activated = activate(c, model_id)
+        assert activated.status_code in (400, 404), activated.text
+    assert not (service.model_dir / model_id).exists()
+    assert (service.model_dir / ACTIVE_FILE).read_text().strip() != model_id
+
+
+def test_an_activation_the_client_abandons_still_completes(service: Service) -> None:
+    with service.client() as c:
+        before = c.get("/v1/models/active").json()["model_id"]
+        target = "test-b" if before != "test-b" else "test-a"
+        with pytest.raises(httpx.TimeoutException):
+            c.post("/v1/admin/models/activate", json={"model_id": target}, timeout=0.3)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and active_ids(c, 3) != {target}:
+            time.sleep(1)
+        # The record and the replicas agree: both moved, nothing was left half done.
+        assert active_ids(c) == {target}
+        assert (service.model_dir / ACTIVE_FILE).read_text().strip() == target
+        assert c.get("/v1/models").json()["active_model_id"] == target
+        assert activate(c, before).status_code == 200

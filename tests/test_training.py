@@ -16,7 +16,7 @@ import redis
 
 from handai.manifest import parse_manifest
 from handai.registry import MANIFEST_FILE
-from tests.conftest import BIN, Service
+from tests.conftest import BIN, ROOT, Service
 from tests.images import HWD, MNIST
 from train.events import CHANNEL
 
@@ -133,11 +133,41 @@ def wait_for(c: httpx.Client, job_id: str, states: set[str], timeout: float) -> 
     raise AssertionError(f"{job_id} stayed {body.get('status')}: {body}")
 
 
-def test_http_job_reports_progress_and_result(service: Service, listener: Listener) -> None:
+BOT_USER = 2**64 - 1  # chat user ids are 64-bit integers
+
+
+class Reader:
+    """Reads the same digit over and over in the background, recording every status."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.statuses: list[int] = []
+        self.models: set[str] = set()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with self.service.client() as c:
+            while not self.stop.is_set():
+                r = c.post("/v1/read", files={"file": ("d.png", SEVEN, "image/png")})
+                self.statuses.append(r.status_code)
+                if r.status_code == 200:
+                    self.models.add(r.json()["model_id"])
+                time.sleep(0.2)
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+
+def test_http_job_trains_beside_serving_and_promotes(service: Service, listener: Listener) -> None:
+    """The whole path on the resources `make serve` gives: reads keep answering while two
+    workers share the CPU Serve leaves free, and the new model goes live."""
     request = {
         "type": "digits.train.v1",
         "request_id": "req-1",
-        "user_id": "user-1",
+        "user_id": BOT_USER,
         "model_id": "e2e-http",
         "epochs": 1,
         "batch_size": 64,
@@ -145,29 +175,62 @@ def test_http_job_reports_progress_and_result(service: Service, listener: Listen
         "seed": 1,
         "augment": True,
         "notes": "from the test",
-        "train_limit": 2000,
+        "train_limit": 3000,
         "num_workers": 2,
+        "promote": True,
     }
     with service.client() as c:
-        submitted = c.post("/api/v1/training/jobs", json=request)
-        assert submitted.status_code == 202, submitted.text
-        job_id = submitted.json()["job_id"]
-        done = wait_for(c, job_id, {"succeeded", "failed", "stopped"}, timeout=900)
-    assert done["status"] == "succeeded", done
-    assert done["progress"]["epoch"] == 1
-    assert done["result"]["model_id"] == "e2e-http" and "test_acc" in done["result"]
+        # The gate compares with the live model: start from a random-weight one.
+        activated = c.post("/v1/admin/models/activate", json={"model_id": "test-a"}, timeout=180)
+        assert activated.status_code == 200, activated.text
+        reader = Reader(service)
+        try:
+            submitted = c.post("/api/v1/training/jobs", json=request)
+            assert submitted.status_code == 202, submitted.text
+            job_id = submitted.json()["job_id"]
+            done = wait_for(c, job_id, {"succeeded", "failed", "stopped"}, timeout=900)
+        finally:
+            reader.finish()
+        assert done["status"] == "succeeded", done
+        assert done["progress"]["epoch"] == 1
+        assert done["result"]["model_id"] == "e2e-http" and "test_acc" in done["result"]
+        assert done["result"]["promotion"]["promoted"] is True, done["result"]
+        assert reader.statuses and set(reader.statuses) == {200}, reader.statuses
+        assert "e2e-http" in reader.models  # reads moved to the new model as it went live
+        assert c.get("/v1/models/active").json()["model_id"] == "e2e-http"
+        answer = c.post("/v1/read", files={"file": ("d.png", SEVEN, "image/png")}).json()
+        assert answer["model_id"] == "e2e-http"
+    time.sleep(1)
     events = listener.of("e2e-http")
-    assert events and all(e["request_id"] == "req-1" and e["user_id"] == "user-1" for e in events)
+    kinds = [e["type"] for e in events]
+    for kind in ("started", "batch", "epoch", "artifact", "completed"):
+        assert f"digits.train.{kind}.v1" in kinds, kinds
+    # Echoed unchanged: an integer stays an integer, all 64 bits of it.
+    assert all(e["request_id"] == "req-1" and e["user_id"] == BOT_USER for e in events)
     assert (service.artifacts / "e2e-http" / MANIFEST_FILE).is_file()
 
 
-def test_http_job_can_be_stopped(service: Service) -> None:
-    request = {"model_id": "e2e-stop", "epochs": 5, "train_limit": 2000}
+def test_a_registered_model_id_is_refused_before_training(service: Service) -> None:
+    with service.client() as c:
+        resp = c.post("/api/v1/training/jobs", json={"model_id": "test-a", "train_limit": 500})
+    assert resp.status_code == 400 and resp.json()["code"] == "invalid_request", resp.text
+    assert "already registered" in resp.json()["message"]
+
+
+def test_http_job_can_be_stopped(service: Service, listener: Listener) -> None:
+    request = {"model_id": "e2e-stop", "user_id": 42, "epochs": 5, "train_limit": 2000}
     with service.client() as c:
         job_id = c.post("/api/v1/training/jobs", json=request).json()["job_id"]
         stopped = c.delete(f"/api/v1/training/jobs/{job_id}")
         assert stopped.status_code == 200, stopped.text
         assert wait_for(c, job_id, {"stopped", "failed"}, timeout=120)["status"] == "stopped"
+    # The bot hears how every job ends, a stopped one included: exactly once.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not listener.of("e2e-stop"):
+        time.sleep(0.5)
+    final = [e for e in listener.of("e2e-stop") if e["type"] == "digits.train.failed.v1"]
+    assert len(final) == 1 and final[0]["code"] == "stopped", listener.of("e2e-stop")
+    assert final[0]["user_id"] == 42
 
 
 @pytest.mark.parametrize(
@@ -178,8 +241,20 @@ def test_http_job_can_be_stopped(service: Service) -> None:
         {"model_id": "../x"},
         {"type": "digits.other.v1", "model_id": "x"},
         {"model_id": "x", "surprise": 1},
+        {"model_id": "ACTIVE"},
+        {"model_id": "x", "user_id": 2**64},
+        {"model_id": "x", "user_id": 1.5},
     ],
-    ids=["epochs", "batch-size", "model-id", "type", "unknown-field"],
+    ids=[
+        "epochs",
+        "batch-size",
+        "model-id",
+        "type",
+        "unknown-field",
+        "record-name",
+        "user-id-over-64-bits",
+        "user-id-float",
+    ],
 )
 def test_bad_jobs_are_refused(service: Service, body: dict[str, object]) -> None:
     with service.client() as c:
@@ -264,3 +339,31 @@ def test_restarted_run_resumes_from_its_checkpoint(service: Service, listener: L
     assert [e["type"] for e in events].count("digits.train.started.v1") == 1
     manifest = parse_manifest((service.artifacts / "e2e-resume" / MANIFEST_FILE).read_bytes())
     assert manifest.model_dump()["epochs"] == 2
+
+
+def readme_block(marker: str) -> str:
+    """The fenced shell block that follows `<!-- marker -->` in README.md."""
+    text = (ROOT / "README.md").read_text()
+    after = text[text.index(f"<!-- {marker} -->") :]
+    fenced = after.split("```", 2)[1]
+    return fenced.split("\n", 1)[1]  # without the language tag
+
+
+def test_readme_job_submit_runs_as_written(service: Service) -> None:
+    """The README's commands, copied into a shell at the project's root: relative paths
+    are the project's, not those of Ray's copy of the working directory."""
+    script = readme_block("job-submit")
+    assert "ray job submit" in script and "--working-dir ." in script
+    done = subprocess.run(
+        ["bash", "-e", "-c", script],
+        cwd=ROOT,
+        env=service.env,  # RAY_ADDRESS: this cluster's dashboard, as 127.0.0.1:8265 for a user
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    model_id = script.split("--model-id", 1)[1].split()[0]
+    manifest = parse_manifest((service.artifacts / model_id / MANIFEST_FILE).read_bytes())
+    assert manifest.model_dump()["train_images"] > 0

@@ -3,8 +3,9 @@
     python -m train.evaluate --model seed/<model_id> --data ../shared/data [--json out.json]
 
 Prints accuracy, ECE (15 bins), the uncertain rate and the confusion matrix, with TTA off
-and on, for the MNIST test set (each digit encoded as a PNG, as the bot would send it) and
-for hwd1000.
+and on, for the MNIST test set (each digit encoded as a PNG, as the bot would send it), for
+hwd1000, and for uploads rendered by train.wild from both (photos, pencil under shadows,
+screenshots, tight crops), where it also counts refusals and confident mistakes.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from handai import registry
+from handai.errors import HandaiError
 from handai.inference import Engine, bf16_faster
 from handai.preprocess import preprocess
+from train import wild
 from train.data import read_raw
 from train.temperature import ece
 
@@ -48,48 +51,67 @@ def hwd1000(data: Path) -> tuple[list[bytes], NDArray[np.int64]]:
 def evaluate(
     engine: Engine, blobs: list[bytes], labels: NDArray[np.int64], tta: bool
 ) -> dict[str, Any]:
-    pixels = np.concatenate([preprocess(b).pixels for b in blobs])
-    probs = []
-    for start in range(0, len(blobs), BATCH):
-        chunk = pixels[start : start + BATCH]
-        probs.append(engine.probabilities(torch.from_numpy(chunk), [tta] * len(chunk)))
-    p = torch.cat(probs)
-    y = torch.from_numpy(labels)
+    """Accuracy counts a refused upload (preprocessing_failed and the like) as not read."""
+    kept, pixels, refused = [], [], []
+    for index, blob in enumerate(blobs):
+        try:
+            pixels.append(preprocess(blob).pixels)
+            kept.append(index)
+        except HandaiError:
+            refused.append(index)
+    probs = [
+        engine.probabilities(
+            torch.from_numpy(np.concatenate(pixels[start : start + BATCH])),
+            [tta] * len(pixels[start : start + BATCH]),
+        )
+        for start in range(0, len(pixels), BATCH)
+    ]
+    p = torch.cat(probs) if probs else torch.zeros(0, 10)
+    y = torch.from_numpy(labels[kept])
     predicted = p.argmax(1)
+    confidence = p.max(1).values
     confusion = torch.zeros(10, 10, dtype=torch.int64)
     confusion.index_put_((y, predicted), torch.ones_like(y), accumulate=True)
     wrong = (predicted != y).nonzero().flatten().tolist()
+    sure = confidence >= engine.uncertain_threshold
+    n = len(blobs)
     return {
-        "misread": [(i, int(y[i]), int(predicted[i]), float(p[i].max())) for i in wrong],
-        "n": len(labels),
-        "accuracy": float((predicted == y).float().mean()),
-        "ece": ece(p, y),
-        "uncertain_rate": float((p.max(1).values < engine.uncertain_threshold).float().mean()),
-        "errors": int((predicted != y).sum()),
+        "misread": [(kept[i], int(y[i]), int(predicted[i]), float(confidence[i])) for i in wrong],
+        "n": n,
+        "accuracy": float((predicted == y).sum()) / n,
+        "refused": len(refused) / n,
+        "confidently_wrong": float(((predicted != y) & sure).sum()) / n,
+        "ece": ece(p, y) if len(kept) else 0.0,
+        "uncertain_rate": float((~sure).float().mean()) if len(kept) else 0.0,
+        "errors": len(wrong) + len(refused),
         "confusion": confusion.tolist(),
     }
 
 
 def save_examples(blobs: list[bytes], misread: list[Any], path: Path, n: int = 12) -> None:
-    """Misread uploads side by side with what the model saw, scaled up 3x."""
+    """Misread uploads (left) beside what the model saw (right), in rows of three."""
     tiles = []
     for index, _, _, _ in misread[:n]:
-        upload = Image.open(io.BytesIO(blobs[index])).convert("L").resize((28, 28))
-        seen = Image.fromarray(255 - preprocess(blobs[index]).preview)
-        tiles.append(
-            np.concatenate(
-                [np.asarray(upload), np.full((28, 2), 128, np.uint8), np.asarray(seen)], axis=1
-            )
+        upload = Image.open(io.BytesIO(blobs[index])).convert("L").resize((56, 56))
+        seen = Image.fromarray(255 - preprocess(blobs[index]).preview).resize((56, 56))
+        pair = np.concatenate(
+            [np.asarray(upload), np.full((56, 2), 128, np.uint8), np.asarray(seen)], axis=1
         )
-    if tiles:
-        grid = np.concatenate([np.pad(t, ((2, 2), (2, 2)), constant_values=128) for t in tiles])
-        Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3)).save(path)
+        tiles.append(np.pad(pair, ((3, 3), (3, 3)), constant_values=128))
+    if not tiles:
+        return
+    tiles += [np.full_like(tiles[0], 128)] * (-len(tiles) % 3)
+    rows = [np.concatenate(tiles[i : i + 3], axis=1) for i in range(0, len(tiles), 3)]
+    grid = np.concatenate(rows)
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2)).save(path)
 
 
 def report(name: str, result: dict[str, Any]) -> str:
     lines = [
-        f"{name}: accuracy {result['accuracy']:.2%} ({result['errors']} wrong of {result['n']}), "
-        f"ECE {result['ece']:.3%}, uncertain {result['uncertain_rate']:.2%}",
+        f"{name}: accuracy {result['accuracy']:.2%} ({result['errors']} not read of "
+        f"{result['n']}), refused {result['refused']:.2%}, confidently wrong "
+        f"{result['confidently_wrong']:.2%}, ECE {result['ece']:.3%}, "
+        f"uncertain {result['uncertain_rate']:.2%}",
         "  true\\pred " + " ".join(f"{d:>5}" for d in range(10)),
     ]
     for digit, row in enumerate(result["confusion"]):
@@ -103,17 +125,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--threshold", type=float, default=0.85)
-    parser.add_argument("--examples", type=Path, help="a PNG of misread hwd1000 digits")
+    parser.add_argument("--examples", type=Path, help="a folder for PNGs of misread uploads")
+    parser.add_argument("--wild", type=int, default=500, help="rendered uploads per style")
     args = parser.parse_args(argv)
     loaded = registry.load(args.model.parent, args.model.name)
     engine = Engine(
         loaded.module, loaded.manifest.temperature, args.threshold, bf16_faster(loaded.module)
     )
     results: dict[str, Any] = {"model_id": loaded.manifest.model_id}
-    for set_name, (blobs, labels) in (
-        ("mnist_test", mnist_test(args.data)),
-        ("hwd1000", hwd1000(args.data)),
-    ):
+    sets = {"mnist_test": mnist_test(args.data), "hwd1000": hwd1000(args.data)}
+    if args.wild:
+        digits, labels = wild.sources(args.data)
+        for style in wild.STYLES:
+            uploads = list(wild.render(style, digits, labels, args.wild))
+            sets[f"wild_{style}"] = (
+                [u.data for u in uploads],
+                np.array([u.label for u in uploads]),
+            )
+    for set_name, (blobs, labels) in sets.items():
         for tta in (False, True):
             key = f"{set_name}_tta_{'on' if tta else 'off'}"
             start = time.perf_counter()
@@ -121,8 +150,10 @@ def main(argv: list[str] | None = None) -> int:
             results[key]["seconds"] = time.perf_counter() - start
             print(report(key, results[key]), flush=True)
     if args.examples:
-        blobs, _ = hwd1000(args.data)
-        save_examples(blobs, results["hwd1000_tta_off"]["misread"], args.examples)
+        args.examples.mkdir(parents=True, exist_ok=True)
+        for set_name, (blobs, _) in sets.items():
+            misread = results[f"{set_name}_tta_off"]["misread"]
+            save_examples(blobs, misread, args.examples / f"{set_name}-misread.png")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -15,6 +16,7 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "digits:events"
 KINDS = ("started", "batch", "epoch", "best", "artifact", "completed", "failed")
+TERMINAL = ("completed", "failed")  # a job publishes exactly one of these, last
 
 
 def event_type(kind: str) -> str:
@@ -28,10 +30,11 @@ class Events:
         self,
         *,
         request_id: str,
-        user_id: str,
+        user_id: int | str,
         model_id: str,
         run_id: str,
         redis_url: str | None = None,
+        terminal_file: Path | None = None,
     ) -> None:
         self.base = {
             "request_id": request_id,
@@ -41,6 +44,8 @@ class Events:
         }
         url = redis_url if redis_url is not None else os.environ.get("REDIS_URL")
         self.client = redis.Redis.from_url(url, socket_timeout=2) if url else None
+        # Written once the terminal event is out, so whoever stops a job knows it was said.
+        self.terminal_file = terminal_file
 
     def publish(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"type": event_type(kind), **self.base, "ts": time.time(), **fields}
@@ -49,4 +54,7 @@ class Events:
                 self.client.publish(CHANNEL, json.dumps(event))
             except redis.RedisError as exc:  # progress is best effort; training goes on
                 log.warning("could not publish %s: %s", event["type"], exc)
+        if kind in TERMINAL and self.terminal_file is not None:
+            self.terminal_file.parent.mkdir(parents=True, exist_ok=True)
+            self.terminal_file.write_text(json.dumps(event))
         return event

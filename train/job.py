@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ import torch
 from pydantic import ValidationError
 from ray.train.torch import TorchTrainer
 
-from handai.config import load_settings
+from handai.config import anchored, load_settings
 from handai.registry import save
 from train.calibrate import LoaderSettings, loader_settings
 from train.data import load_split, train_val
@@ -38,6 +40,15 @@ from train.trainer import (
 )
 
 log = logging.getLogger("train.job")
+MIN_CPU_SHARE = 0.1  # per worker: less would train, but slower than anyone would wait for
+
+
+class JobStopped(BaseException):  # not an Exception: no `except Exception` may swallow it
+    """`ray job stop` (or DELETE on the API) sent SIGTERM."""
+
+
+class NoRoomError(RuntimeError):
+    """The cluster has too few free CPUs for the workers asked for."""
 
 
 def parse_args(argv: list[str]) -> tuple[JobRequest, argparse.Namespace]:
@@ -63,7 +74,11 @@ def parse_args(argv: list[str]) -> tuple[JobRequest, argparse.Namespace]:
     p.add_argument("--loader-workers", type=int)
     p.add_argument("--progress-file", type=Path, help="latest progress as JSON (for the API)")
     p.add_argument("--result-file", type=Path, help="final metrics as JSON (for the API)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0)
+    p.add_argument("--terminal-file", type=Path, help="the last event, once published (API)")
+    p.add_argument(
+        "--cpus-per-worker", type=float, help="default: the cluster's free CPUs, split evenly"
+    )
+    p.add_argument("--init-from", type=Path, help="a model folder or model.pt to fine-tune")
     args = p.parse_args(argv)
     body: dict[str, Any] = {}
     if args.job_json:
@@ -97,12 +112,17 @@ def parse_args(argv: list[str]) -> tuple[JobRequest, argparse.Namespace]:
 
 def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
-    data_root = (args.data_root or settings.app.data_root / "mnist").resolve()
-    artifacts = (args.artifacts or settings.app.artifacts_root).resolve()
+    # Relative paths are the project's (HANDAI_HOME), not those of Ray's copy of it.
+    data_root = anchored(args.data_root) if args.data_root else settings.app.data_root / "mnist"
+    artifacts = anchored(args.artifacts) if args.artifacts else settings.storage.artifacts
     cache_dir = artifacts / "cache"
     run_id = args.run_name or job.model_id
     events = Events(
-        request_id=job.request_id, user_id=job.user_id, model_id=job.model_id, run_id=run_id
+        request_id=job.request_id,
+        user_id=job.user_id,
+        model_id=job.model_id,
+        run_id=run_id,
+        terminal_file=args.terminal_file,
     )
     started = time.time()
     try:
@@ -115,6 +135,8 @@ def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
             loader_workers=args.loader_workers,
             batch_size=None,
         )
+        cpus = cpu_share(loader.num_workers, args.cpus_per_worker)
+        threads = args.threads_per_worker or max(1, math.floor(cpus))
         cfg = TrainConfig(
             model_id=job.model_id,
             run_id=run_id,
@@ -130,23 +152,31 @@ def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
             data_root=data_root,
             cache_dir=cache_dir,
             train_limit=job.train_limit,
-            threads_per_worker=loader.threads_per_worker,
+            threads_per_worker=threads,
             loader_workers=loader.loader_workers,
             memory_limit_mb=default_memory_limit_mb(loader.num_workers),
             progress_file=args.progress_file.resolve() if args.progress_file else None,
+            init_from=_weights(args.init_from),
         )
-        log.info("training %s with %s", job.model_id, loader.model_dump())
+        log.info(
+            "training %s: %d worker(s) x %.2f CPU, %d thread(s) each, loader %s",
+            job.model_id,
+            loader.num_workers,
+            cpus,
+            threads,
+            loader.model_dump(),
+        )
         trainer = TorchTrainer(
             train_loop,
             train_loop_config=cfg.model_dump(mode="json"),
             scaling_config=ray.train.ScalingConfig(
                 num_workers=loader.num_workers,
                 use_gpu=torch.cuda.is_available(),
-                resources_per_worker={"CPU": args.cpus_per_worker},
+                resources_per_worker={"CPU": cpus},
             ),
             run_config=ray.train.RunConfig(
                 name=run_id,
-                storage_path=str(artifacts / "runs"),
+                storage_path=str(artifacts / "runs"),  # = settings.storage.runs by default
                 checkpoint_config=ray.train.CheckpointConfig(
                     num_to_keep=2,
                     checkpoint_score_attribute="val_acc",
@@ -177,10 +207,44 @@ def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
             summary["promotion"] = promote(artifacts / job.model_id, settings)
         events.publish("completed", **summary)
         return summary
-    except Exception as exc:
-        code = "memory_pressure" if "memory_pressure" in str(exc) else "training_failed"
+    except (Exception, JobStopped) as exc:
+        # Every end reaches the bot: a stopped job is a failed one with code "stopped".
+        code = (
+            "stopped"
+            if isinstance(exc, JobStopped)
+            else "memory_pressure"
+            if "memory_pressure" in str(exc)
+            else "training_failed"
+        )
         events.publish("failed", code=code, error=str(exc)[:2000])
         raise
+
+
+def cpu_share(workers: int, asked: float | None) -> float:
+    """CPUs per worker: what was asked, or the cluster's free CPUs split evenly.
+
+    Checked before anything is scheduled: on a cluster that cannot fit the workers, Ray
+    Train would wait for them for minutes and then fail with a timeout.
+    """
+    free = float(ray.available_resources().get("CPU", 0.0))
+    share = asked if asked is not None else free / workers
+    if share < MIN_CPU_SHARE or share * workers > free + 1e-6:
+        raise NoRoomError(
+            f"no room: {workers} worker(s) x {share:.2f} CPU asked, {free:.2f} CPU free on the "
+            "cluster (Serve holds the rest); ask for fewer workers or free some CPUs"
+        )
+    return share
+
+
+def _stop(signum: int, _frame: object) -> None:
+    raise JobStopped(f"the job was stopped (signal {signum})")
+
+
+def _weights(path: Path | None) -> Path | None:
+    if path is None:
+        return None
+    path = path.resolve()
+    return path / "model.pt" if path.is_dir() else path
 
 
 def _calibrate_and_save(
@@ -246,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ray Train gives workers 60 s to start; two workers importing torch on a busy 2-core
     # machine took longer. Train propagates this from the driver to its controller.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
+    signal.signal(signal.SIGTERM, _stop)
     ray.init(namespace="handai", ignore_reinit_error=True)
     summary = {"model_id": job.model_id, **run(job, args)}
     if args.result_file:

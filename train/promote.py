@@ -30,12 +30,32 @@ def gate(
     return None
 
 
-def active_manifest(model_dir: Path, configured: str) -> Manifest | None:
+def active_manifest(model_dir: Path, initial: str) -> Manifest | None:
     try:
-        model_id = registry.resolve_active(model_dir, configured)
+        model_id = registry.resolve_active(model_dir, initial)
         return parse_manifest((model_dir / model_id / registry.MANIFEST_FILE).read_bytes())
     except (HandaiError, OSError):
         return None
+
+
+def _already_registered(model_dir: Path, candidate: Manifest) -> str | None:
+    """Why a registered model of the same id blocks this one (other weights), or None."""
+    folder = model_dir / candidate.model_id
+    if not folder.exists():
+        return None
+    try:
+        existing = parse_manifest((folder / registry.MANIFEST_FILE).read_bytes())
+    except (HandaiError, OSError):
+        return (
+            f"model_id {candidate.model_id!r} is taken in the registry by a model that cannot "
+            "be read; train under a new model_id"
+        )
+    if existing.sha256 != candidate.sha256:
+        return (
+            f"model_id {candidate.model_id!r} is already registered with other weights; "
+            "train under a new model_id"
+        )
+    return None
 
 
 def promote(artifact: Path, settings: Settings) -> dict[str, Any]:
@@ -49,14 +69,16 @@ def promote(artifact: Path, settings: Settings) -> dict[str, Any]:
         registry.load_checked(candidate, weights)
     except HandaiError as exc:
         return {"promoted": False, "reason": exc.message}
-    model_dir = settings.digits.model_dir
-    reason = gate(candidate, active_manifest(model_dir, settings.digits.active_model))
+    model_dir = settings.storage.models
+    reason = gate(candidate, active_manifest(model_dir, settings.digits.initial_model))
+    if reason is None:
+        reason = _already_registered(model_dir, candidate)
     if reason is not None:
         log.warning("not promoting %s: %s", candidate.model_id, reason)
         return {"promoted": False, "reason": reason}
     if not (model_dir / candidate.model_id).exists():
         registry.install(model_dir, candidate.model_id, raw, weights)
+    registry.set_active(model_dir, candidate.model_id)  # the record first: see registry
     asyncio.run(rollout_model(candidate.model_id))
-    registry.set_active(model_dir, candidate.model_id)
     log.info("promoted %s", candidate.model_id)
     return {"promoted": True, "model_id": candidate.model_id}

@@ -18,7 +18,10 @@ class JobRequest(BaseModel):
 
     type: Literal["digits.train.v1"] = "digits.train.v1"
     request_id: Annotated[str, Field(max_length=128)] = ""
-    user_id: Annotated[str, Field(max_length=128)] = ""
+    # Chat user ids are 64-bit integers; echoed in every event exactly as sent.
+    user_id: (
+        Annotated[int, Field(ge=-(2**63), le=2**64 - 1)] | Annotated[str, Field(max_length=128)]
+    ) = ""
     model_id: ModelId
     epochs: Annotated[int, Field(ge=1, le=50)] = 8
     batch_size: Annotated[int, Field(ge=8, le=1024)] = 128
@@ -37,9 +40,11 @@ class JobRequest(BaseModel):
 
 
 def parse_augment(value: Any) -> Any:
-    """true/false, "default"/"none", "rotate=10,morph=0.2", or an object of options."""
+    """true/false, "default"/"wild"/"none", "rotate=10,morph=0.2", or an object of options."""
     if value is True or value in ("default", "true", "on"):
         return aug.DEFAULT
+    if value == "wild":
+        return aug.WILD
     if value in (False, None, "none", "false", "off", ""):
         return aug.NONE
     if isinstance(value, str):
