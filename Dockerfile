@@ -17,9 +17,10 @@ COPY serve_config.yaml ./
 COPY config ./config
 COPY seed ./seed
 
-# Inside the image the data and the registry live under /data (mount a volume there).
-ENV APP__DATA_ROOT=/data APP__ARTIFACTS_ROOT=/data/artifacts DIGITS__MODEL_DIR=/data/models
-EXPOSE 8081 8265
+# Inside the image the data and the storage (registry, artifacts) live under /data (mount a
+# volume there). The dashboard and Jobs API stay on the container's loopback: not exposed.
+ENV HANDAI_HOME=/app APP__DATA_ROOT=/data STORAGE__ROOT=/data
+EXPOSE 8081
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s \
   CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8081/readyz')"
-CMD ["serve", "run", "serve_config.yaml"]
+CMD ["python", "-m", "deployments.cluster", "serve"]

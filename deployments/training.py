@@ -11,7 +11,6 @@ import shlex
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -22,6 +21,7 @@ from deployments.deps import AppSettings, Authorized
 from deployments.rollout import dashboard_url
 from handai.config import Settings
 from handai.errors import HandaiError
+from handai.storage import Place
 from train.events import Events
 from train.request import JobRequest
 
@@ -39,7 +39,7 @@ STOP_WAIT_S = 15.0  # Ray sends SIGTERM, then SIGKILL after a few seconds
 PASSED_ENV = ("REDIS_URL", "HANDAI_CONFIG", "HANDAI_HOME", "RAY_DASHBOARD_URL", "HANDAI_APP_NAME")
 
 
-def job_dir(settings: Settings, job_id: str) -> Path:
+def job_dir(settings: Settings, job_id: str) -> Place:
     if not job_id.startswith("train-") or not job_id.replace("-", "").isalnum():
         raise HandaiError("not_found", f"no training job {job_id!r}")
     return settings.storage.artifacts / "jobs" / job_id
@@ -57,12 +57,12 @@ def _stop(job_id: str) -> bool:
     return bool(JobSubmissionClient(dashboard_url()).stop_job(job_id))
 
 
-def _write_request(folder: Path, job: JobRequest) -> None:
+def _write_request(folder: Place, job: JobRequest) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "request.json").write_text(job.model_dump_json())
 
 
-def _say_stopped(job_id: str, folder: Path) -> None:
+def _say_stopped(job_id: str, folder: Place) -> None:
     """A job stopped before its entrypoint could say so itself (still pending, or importing)
     would leave the bot waiting forever: once it has ended, publish its terminal event."""
     deadline = time.monotonic() + STOP_WAIT_S
@@ -83,7 +83,7 @@ def _say_stopped(job_id: str, folder: Path) -> None:
     ).publish("failed", code="stopped", error="the job was stopped before it started training")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def _read_json(path: Place) -> dict[str, Any] | None:
     try:
         found: dict[str, Any] = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -19,6 +19,9 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+from upath import UPath
+
+from handai.storage import location
 
 DEFAULT_CONFIG = Path("config/handai.toml")
 CONFIG_ENV = "HANDAI_CONFIG"
@@ -60,20 +63,21 @@ class StorageSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    root: Path = Path()  # a local folder, or a shared one mounted on every node
+    # A local folder, one mounted on every node, or an object store URI (s3://bucket/prefix).
+    root: str = "."
 
     @property
-    def models(self) -> Path:
+    def models(self) -> UPath:
         """The registry: `<model_id>/{model.pt, manifest.json}` and the ACTIVE record."""
-        return self.root / "models"
+        return location(self.root) / "models"
 
     @property
-    def artifacts(self) -> Path:
-        """Training output: `<model_id>/`, `jobs/<job_id>/`, `cache/`."""
-        return self.root / "artifacts"
+    def artifacts(self) -> UPath:
+        """Training output: `<model_id>/` and `jobs/<job_id>/`."""
+        return location(self.root) / "artifacts"
 
     @property
-    def runs(self) -> Path:
+    def runs(self) -> UPath:
         """Ray Train's storage_path: checkpoints, so a restarted run resumes."""
         return self.artifacts / "runs"
 
@@ -138,7 +142,10 @@ def _anchor_paths(settings: Settings) -> Settings:
             "logs_root": anchored(settings.app.logs_root),
         }
     )
-    storage = settings.storage.model_copy(update={"root": anchored(settings.storage.root)})
+    root = settings.storage.root
+    if "://" not in root:  # a URI names its own place
+        root = str(anchored(Path(root)))
+    storage = settings.storage.model_copy(update={"root": root})
     return settings.model_copy(update={"app": app, "storage": storage})
 
 

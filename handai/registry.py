@@ -13,10 +13,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import re
-import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,7 @@ from handai.manifest import (
     parse_manifest,
 )
 from handai.model import build_model
+from handai.storage import Place, remove_tree, write_whole
 
 MODEL_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
@@ -98,7 +97,7 @@ def load_checked(manifest: Manifest, weights: bytes) -> nn.Module:
     return module
 
 
-def load(model_dir: Path, model_id: str) -> LoadedModel:
+def load(model_dir: Place, model_id: str) -> LoadedModel:
     folder = model_dir / check_model_id(model_id)
     try:
         manifest = parse_manifest((folder / MANIFEST_FILE).read_bytes())
@@ -113,19 +112,19 @@ def load(model_dir: Path, model_id: str) -> LoadedModel:
     return LoadedModel(manifest, load_checked(manifest, weights))
 
 
-def list_manifests(model_dir: Path) -> list[Manifest]:
+def list_manifests(model_dir: Place) -> list[Manifest]:
     """Every model whose manifest validates, newest first. Weights are checked at load."""
     found: list[Manifest] = []
     if not model_dir.is_dir():
         return found
-    for folder in sorted(model_dir.iterdir()):
-        manifest = _valid_manifest(model_dir, folder.name)
+    for name in sorted(entry.name for entry in model_dir.iterdir()):
+        manifest = _valid_manifest(model_dir, name)
         if manifest is not None:
             found.append(manifest)
     return sorted(found, key=lambda m: m.created_at, reverse=True)
 
 
-def _valid_manifest(model_dir: Path, model_id: str) -> Manifest | None:
+def _valid_manifest(model_dir: Place, model_id: str) -> Manifest | None:
     """The manifest of a registered model this code can serve, or None."""
     folder = model_dir / model_id
     if not (_ID.fullmatch(model_id) and model_id.lower() not in RESERVED_IDS):
@@ -139,7 +138,7 @@ def _valid_manifest(model_dir: Path, model_id: str) -> Manifest | None:
     return manifest if manifest.model_id == model_id else None
 
 
-def install(model_dir: Path, model_id: str, manifest_raw: bytes, weights: bytes) -> Manifest:
+def install(model_dir: Place, model_id: str, manifest_raw: bytes, weights: bytes) -> Manifest:
     """Validate everything, then move the model into the registry in one rename."""
     check_model_id(model_id)
     manifest = parse_manifest(manifest_raw)
@@ -149,27 +148,42 @@ def install(model_dir: Path, model_id: str, manifest_raw: bytes, weights: bytes)
             f"manifest field model_id: expected {model_id!r}, got {manifest.model_id!r}",
         )
     load_checked(manifest, weights)
+    _commit(model_dir, model_id, {MODEL_FILE: weights, MANIFEST_FILE: manifest_raw})
+    return manifest
+
+
+def _commit(model_dir: Place, model_id: str, files: dict[str, bytes]) -> None:
+    """Put a model folder into the registry so that a reader sees all of it or none.
+
+    On a filesystem: written beside the registry's entries, then renamed into place. On an
+    object store (no rename): written in place, the manifest last, since an entry without
+    its manifest is neither listed nor loaded, and the next install overwrites it.
+    """
     target = model_dir / model_id
-    if target.exists():
+    if (target / MANIFEST_FILE).exists():
         raise HandaiError("invalid_model", f"model_id {model_id!r} is already registered")
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{model_id}.", dir=model_dir))
+    if not isinstance(model_dir, Path):
+        target.mkdir(parents=True, exist_ok=True)
+        for name in (MODEL_FILE, MANIFEST_FILE):
+            (target / name).write_bytes(files[name])
+        return
+    target, staging = model_dir / model_id, model_dir / f".{model_id}.{uuid.uuid4().hex}"
+    staging.mkdir(parents=True, exist_ok=True)
     try:
-        (staging / MODEL_FILE).write_bytes(weights)
-        (staging / MANIFEST_FILE).write_bytes(manifest_raw)
+        for name in (MODEL_FILE, MANIFEST_FILE):
+            (staging / name).write_bytes(files[name])
         staging.rename(target)
     except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
+        remove_tree(staging)
         if target.exists():
             raise HandaiError(
                 "invalid_model", f"model_id {model_id!r} is already registered"
             ) from None
         raise
-    return manifest
 
 
 def save(
-    folder: Path,
+    folder: Place,
     module: nn.Module,
     *,
     model_id: str,
@@ -190,16 +204,14 @@ def save(
     return manifest
 
 
-def set_active(model_dir: Path, model_id: str) -> None:
+def set_active(model_dir: Place, model_id: str) -> None:
     """Record the active model atomically (write a temp file, then rename over)."""
     check_model_id(model_id)
     model_dir.mkdir(parents=True, exist_ok=True)
-    tmp = model_dir / f".{ACTIVE_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(model_id + "\n")
-    tmp.replace(model_dir / ACTIVE_FILE)
+    write_whole(model_dir / ACTIVE_FILE, (model_id + "\n").encode())
 
 
-def recorded_active(model_dir: Path) -> str | None:
+def recorded_active(model_dir: Place) -> str | None:
     """What ACTIVE says, or None when there is no record yet."""
     try:
         return (model_dir / ACTIVE_FILE).read_text().strip() or None
@@ -207,7 +219,7 @@ def recorded_active(model_dir: Path) -> str | None:
         return None
 
 
-def resolve_active(model_dir: Path, initial: str = "", seed_dir: Path = SEED_DIR) -> str:
+def resolve_active(model_dir: Place, initial: str = "", seed_dir: Path = SEED_DIR) -> str:
     """The live model: what ACTIVE records, when that model is registered and servable.
 
     With no record (a fresh registry), or a record this code can no longer serve (a model
@@ -233,22 +245,17 @@ def resolve_active(model_dir: Path, initial: str = "", seed_dir: Path = SEED_DIR
     )
 
 
-def seed_registry(model_dir: Path, seed_dir: Path) -> list[str]:
+def seed_registry(model_dir: Place, seed_dir: Path) -> list[str]:
     """Copy the shipped models the registry lacks; returns the ids copied."""
     copied: list[str] = []
     for manifest in list_manifests(seed_dir):
-        target = model_dir / manifest.model_id
-        if not target.exists():
-            staging = Path(tempfile.mkdtemp(prefix=".seed.", dir=_ensure(model_dir)))
-            shutil.copytree(seed_dir / manifest.model_id, staging, dirs_exist_ok=True)
-            try:
-                staging.rename(target)
-                copied.append(manifest.model_id)
-            except OSError:  # another replica seeded it first
-                shutil.rmtree(staging, ignore_errors=True)
+        if (model_dir / manifest.model_id / MANIFEST_FILE).exists():
+            continue
+        folder = seed_dir / manifest.model_id
+        try:
+            files = {name: (folder / name).read_bytes() for name in (MODEL_FILE, MANIFEST_FILE)}
+            _commit(model_dir, manifest.model_id, files)
+            copied.append(manifest.model_id)
+        except HandaiError:  # another replica seeded it first
+            continue
     return copied
-
-
-def _ensure(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder

@@ -136,7 +136,7 @@ def test_relative_paths_are_the_projects_wherever_the_process_runs(
 
 
 def test_without_handai_home_paths_are_the_current_directorys(tmp_path: Path) -> None:
-    assert load_settings().storage.root == tmp_path.resolve()
+    assert load_settings().storage.root == str(tmp_path.resolve())
 
 
 @pytest.mark.parametrize(

@@ -8,17 +8,22 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
+import torch
 
+from handai.config import load_settings
 from handai.manifest import parse_manifest
-from handai.registry import MANIFEST_FILE
+from handai.model import build_model
+from handai.registry import MANIFEST_FILE, MODEL_FILE, recorded_active, save, set_active
 from tests.conftest import BIN, ROOT, Service
 from tests.images import HWD, MNIST
 from train.events import CHANNEL
+from train.promote import promote
 
 SEVEN = (HWD / "7-001.png").read_bytes()
 
@@ -367,3 +372,23 @@ def test_readme_job_submit_runs_as_written(service: Service) -> None:
     model_id = script.split("--model-id", 1)[1].split()[0]
     manifest = parse_manifest((service.artifacts / model_id / MANIFEST_FILE).read_bytes())
     assert manifest.model_dump()["train_images"] > 0
+
+
+def test_promoting_a_taken_model_id_with_other_weights_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It once rolled out the registered model of that id and said `promoted: true`."""
+    monkeypatch.setenv("STORAGE__ROOT", str(tmp_path))
+    settings = load_settings()
+    models = settings.storage.models
+    torch.manual_seed(1)
+    save(models / "dup", build_model(), model_id="dup", val_acc=0.5, temperature=1.0)
+    set_active(models, "dup")
+    torch.manual_seed(2)
+    artifact = settings.storage.artifacts / "dup"
+    save(artifact, build_model(), model_id="dup", val_acc=0.9, temperature=1.0)
+    before = (models / "dup" / MODEL_FILE).read_bytes()
+    outcome = promote(artifact, settings)
+    assert outcome["promoted"] is False and "other weights" in outcome["reason"], outcome
+    assert (models / "dup" / MODEL_FILE).read_bytes() == before
+    assert recorded_active(models) == "dup"

@@ -7,10 +7,11 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import redis
+
+from handai.storage import Place
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class Events:
         model_id: str,
         run_id: str,
         redis_url: str | None = None,
-        terminal_file: Path | None = None,
+        terminal_file: Place | None = None,
     ) -> None:
         self.base = {
             "request_id": request_id,

@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from ray.train.torch import TorchTrainer
 
 from handai.config import anchored, load_settings
 from handai.registry import save
+from handai.storage import Place, local_or, location
 from train.calibrate import LoaderSettings, loader_settings
 from train.data import load_split, train_val
 from train.events import Events
@@ -65,16 +67,16 @@ def parse_args(argv: list[str]) -> tuple[JobRequest, argparse.Namespace]:
     p.add_argument("--promote", action="store_true", default=None)
     p.add_argument("--notes")
     p.add_argument("--data-root", type=Path, help="folder of the MNIST IDX files")
-    p.add_argument("--artifacts", type=Path, help="where <model_id>/ is written")
+    p.add_argument("--artifacts", type=location, help="where <model_id>/ is written")
     p.add_argument("--run-name", help="a rerun with the same name resumes (default: model id)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     p.add_argument("--schedule", choices=("onecycle", "cosine"), default="onecycle")
     p.add_argument("--calibrate", action="store_true", help="search loader settings afresh")
     p.add_argument("--threads-per-worker", type=int)
     p.add_argument("--loader-workers", type=int)
-    p.add_argument("--progress-file", type=Path, help="latest progress as JSON (for the API)")
-    p.add_argument("--result-file", type=Path, help="final metrics as JSON (for the API)")
-    p.add_argument("--terminal-file", type=Path, help="the last event, once published (API)")
+    p.add_argument("--progress-file", type=location, help="latest progress as JSON (for the API)")
+    p.add_argument("--result-file", type=location, help="final metrics as JSON (for the API)")
+    p.add_argument("--terminal-file", type=location, help="the last event, once published (API)")
     p.add_argument(
         "--cpus-per-worker", type=float, help="default: the cluster's free CPUs, split evenly"
     )
@@ -114,8 +116,11 @@ def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
     # Relative paths are the project's (HANDAI_HOME), not those of Ray's copy of it.
     data_root = anchored(args.data_root) if args.data_root else settings.app.data_root / "mnist"
-    artifacts = anchored(args.artifacts) if args.artifacts else settings.storage.artifacts
-    cache_dir = artifacts / "cache"
+    artifacts: Place = settings.storage.artifacts
+    if args.artifacts is not None:
+        artifacts = anchored(args.artifacts) if isinstance(args.artifacts, Path) else args.artifacts
+    # Preprocessed MNIST and the loader calibration: a cache, kept on this node.
+    cache_dir = local_or(artifacts, Path(tempfile.gettempdir()) / "handai") / "cache"
     run_id = args.run_name or job.model_id
     events = Events(
         request_id=job.request_id,
@@ -155,7 +160,7 @@ def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
             threads_per_worker=threads,
             loader_workers=loader.loader_workers,
             memory_limit_mb=default_memory_limit_mb(loader.num_workers),
-            progress_file=args.progress_file.resolve() if args.progress_file else None,
+            progress_file=str(args.progress_file) if args.progress_file else None,
             init_from=_weights(args.init_from),
         )
         log.info(
@@ -253,7 +258,7 @@ def _calibrate_and_save(
     full: Any,
     data_root: Path,
     cache_dir: Path,
-    artifacts: Path,
+    artifacts: Place,
     loader: LoaderSettings,
     *,
     samples_per_sec: float,

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Any
 
 from handai import registry
 from handai.config import Settings
 from handai.errors import HandaiError
 from handai.manifest import Manifest, parse_manifest
+from handai.storage import Place
 
 log = logging.getLogger(__name__)
 VAL_ACC_MARGIN = 0.002  # a candidate may trail the live model's val_acc by at most this
@@ -30,7 +30,7 @@ def gate(
     return None
 
 
-def active_manifest(model_dir: Path, initial: str) -> Manifest | None:
+def active_manifest(model_dir: Place, initial: str) -> Manifest | None:
     try:
         model_id = registry.resolve_active(model_dir, initial)
         return parse_manifest((model_dir / model_id / registry.MANIFEST_FILE).read_bytes())
@@ -38,7 +38,7 @@ def active_manifest(model_dir: Path, initial: str) -> Manifest | None:
         return None
 
 
-def _already_registered(model_dir: Path, candidate: Manifest) -> str | None:
+def _already_registered(model_dir: Place, candidate: Manifest) -> str | None:
     """Why a registered model of the same id blocks this one (other weights), or None."""
     folder = model_dir / candidate.model_id
     if not folder.exists():
@@ -58,7 +58,7 @@ def _already_registered(model_dir: Path, candidate: Manifest) -> str | None:
     return None
 
 
-def promote(artifact: Path, settings: Settings) -> dict[str, Any]:
+def promote(artifact: Place, settings: Settings) -> dict[str, Any]:
     """Check the artifact loads and passes the gate, then activate it on every replica."""
     from deployments.rollout import rollout_model  # the serving side, only when promoting
 

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from handai.model import build_model
 from handai.preprocess import MNIST_MEAN, MNIST_STD
+from handai.storage import location, write_whole
 from train.augment import NONE, AugmentConfig, Transform, build_augment
 from train.data import Split, load_split, train_val
 from train.events import Events
@@ -55,7 +56,7 @@ class TrainConfig(BaseModel):
     augment: AugmentConfig = NONE
     data_root: Path
     cache_dir: Path
-    progress_file: Path | None = None
+    progress_file: str | None = None  # a path or a URI (see handai.storage)
     train_limit: Annotated[int, Field(ge=100)] | None = None
     max_batches: Annotated[int, Field(ge=1)] | None = None  # per epoch; calibration runs
     threads_per_worker: Annotated[int, Field(ge=1, le=256)] = 1
@@ -174,13 +175,12 @@ def _evaluate(model: nn.Module, loader: DataLoader[Any], bf16: bool) -> tuple[fl
     return float(totals[0] / totals[2]), float(totals[1] / totals[2])
 
 
-def _write_progress(path: Path | None, progress: dict[str, Any]) -> None:
+def _write_progress(path: str | None, progress: dict[str, Any]) -> None:
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(progress))
-    tmp.replace(path)
+    place = location(path)
+    place.parent.mkdir(parents=True, exist_ok=True)
+    write_whole(place, json.dumps(progress).encode())
 
 
 def train_loop(config: dict[str, Any]) -> None:
