@@ -100,6 +100,8 @@ class Cluster:
         return {
             **RAY_ENV,
             **os.environ,
+            # `python` in a job's entrypoint is this installation's, whoever started Ray.
+            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "HANDAI_HOME": str(self.home.resolve()),
             "RAY_DASHBOARD_URL": self.dashboard,
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(haproxy / "haproxy.cfg"),
@@ -116,7 +118,7 @@ class Cluster:
 
     def start(self) -> None:
         """A fresh Ray head: whatever an earlier run of this cluster left is stopped first."""
-        owner = self._owner()
+        owner = self.owner()
         if owner is not None and owner != os.getpid() and psutil.pid_exists(owner):
             raise StartupError(
                 f"already serving from process {owner} (files in {self.folder}); "
@@ -202,7 +204,8 @@ class Cluster:
         (self.folder / STATE_FILE).unlink(missing_ok=True)
         return len(procs)
 
-    def _owner(self) -> int | None:
+    def owner(self) -> int | None:
+        """The process that started this cluster, as its state file says."""
         try:
             return int(json.loads((self.folder / STATE_FILE).read_text())["pid"])
         except (OSError, ValueError, KeyError, TypeError):
@@ -248,14 +251,21 @@ def app_names(config: Path) -> list[str]:
     return [str(app["name"]) for app in loaded.get("applications", [])]
 
 
-def serve(config: Path) -> int:
+def serve(config: Path, cluster: Cluster) -> int:
     """`make serve`: check the settings, start, deploy, wait; stop everything on a signal."""
     try:
         load_settings()  # a bad setting stops here in a second, not in every replica
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    cluster = Cluster(ports=Ports(http=_http_port(config)))
+    owner = cluster.owner()
+    if owner is not None and owner != os.getpid() and psutil.pid_exists(owner):
+        print(
+            f"error: already serving from process {owner} (files in {cluster.folder}); "
+            "stop it first (Ctrl-C there, or `make stop`)",
+            file=sys.stderr,
+        )
+        return 1
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -269,7 +279,7 @@ def serve(config: Path) -> int:
     try:
         print(f"starting Ray: dashboard {cluster.dashboard}, files {cluster.folder}", flush=True)
         cluster.start()
-        cluster.deploy(config)
+        cluster.deploy(_on_port(config, cluster))
         cluster.wait_running(app_names(config))
         print(f"Handai serves on :{cluster.ports.http}; Ctrl-C stops it", flush=True)
         while True:
@@ -282,8 +292,20 @@ def serve(config: Path) -> int:
         return 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         cluster.stop()
         print("stopped", flush=True)
+
+
+def _on_port(config: Path, cluster: Cluster) -> Path:
+    """The config itself, or a copy bound to the cluster's HTTP port when that was moved."""
+    loaded: dict[str, Any] = yaml.safe_load(config.read_text())
+    if _http_port(config) == cluster.ports.http:
+        return config
+    loaded.setdefault("http_options", {})["port"] = cluster.ports.http
+    moved = cluster.folder / "serve_config.yaml"
+    moved.write_text(yaml.safe_dump(loaded))
+    return moved
 
 
 def _http_port(config: Path) -> int:
@@ -295,10 +317,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deployments.cluster", description=__doc__)
     parser.add_argument("command", choices=("serve", "stop"))
     parser.add_argument("--config", type=Path, default=ROOT / "serve_config.yaml")
+    parser.add_argument("--state", type=Path, help="the run's folder (default: per project)")
+    parser.add_argument(
+        "--port-offset", type=int, default=0, help="move every port by this: a second instance"
+    )
     args = parser.parse_args(argv)
+    base = Ports(http=_http_port(args.config))
+    ports = Ports(**{k: v + args.port_offset for k, v in asdict(base).items()})
+    cluster = Cluster(ports=ports, state=args.state)
     if args.command == "serve":
-        return serve(args.config)
-    stopped = Cluster().stop()
+        return serve(args.config, cluster)
+    stopped = cluster.stop()
     print(f"stopped {stopped} process(es)" if stopped else "nothing was running")
     return 0
 

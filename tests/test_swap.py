@@ -210,8 +210,9 @@ def test_uploads_that_would_break_the_registry_are_refused(
         assert field in resp.json()["message"]
         activated = activate(c, model_id)
         assert activated.status_code in (400, 404), activated.text
-    assert not (service.model_dir / model_id).exists()
-    assert (service.model_dir / ACTIVE_FILE).read_text().strip() != model_id
+    assert not (service.model_dir / model_id / MODEL_FILE).exists()
+    recorded = (service.model_dir / ACTIVE_FILE).read_text().strip()
+    assert (service.model_dir / recorded / MODEL_FILE).is_file()  # still names a real model
 
 
 def test_an_activation_the_client_abandons_still_completes(service: Service) -> None:
