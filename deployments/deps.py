@@ -14,15 +14,32 @@ def settings_of(request: Request) -> Settings:
     return found
 
 
+def _matches(request: Request, key: str) -> bool:
+    given = request.headers.get("x-api-key", "")
+    return hmac.compare_digest(given.encode(), key.encode())  # constant time
+
+
 def require_key(request: Request) -> None:
-    """X-Api-Key, compared in constant time, when the key is enabled."""
+    """The read key, when it is enforced."""
     security = settings_of(request).security
     if not security.api_key_enabled or security.api_key is None:
         return
-    given = request.headers.get("x-api-key", "")
-    if not hmac.compare_digest(given.encode(), security.api_key.get_secret_value().encode()):
+    if not _matches(request, security.api_key.get_secret_value()):
         raise HandaiError("unauthorized", "missing or wrong X-Api-Key")
 
 
+def require_admin(request: Request) -> None:
+    """The admin key, always: with none configured admin is off; the read key never does."""
+    admin = settings_of(request).security.admin_key
+    if admin is None:
+        raise HandaiError(
+            "admin_disabled",
+            "admin operations are off: set security.admin_key (SECURITY__ADMIN_KEY) to use them",
+        )
+    if not _matches(request, admin.get_secret_value()):
+        raise HandaiError("unauthorized", "missing or wrong X-Api-Key for admin operations")
+
+
 Authorized = Annotated[None, Depends(require_key)]
+Admin = Annotated[None, Depends(require_admin)]
 AppSettings = Annotated[Settings, Depends(settings_of)]

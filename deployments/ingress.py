@@ -20,7 +20,12 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
-from ray.serve.exceptions import BackPressureError, RequestCancelledError
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import (
+    BackPressureError,
+    DeploymentUnavailableError,
+    RequestCancelledError,
+)
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.datastructures import FormData, UploadFile
@@ -29,7 +34,7 @@ from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from deployments.batching import Batcher
-from deployments.deps import Authorized
+from deployments.deps import Admin, Authorized
 from deployments.metrics import stage_histogram
 from deployments.model import Answer
 from deployments.rollout import rollout_model
@@ -42,8 +47,9 @@ from handai.preprocess import Preprocessed
 
 log = logging.getLogger("ray.serve")
 SERVICE = "handai"
-MODEL_UPLOAD_LIMIT = 512 * 1024 * 1024
-MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the image
+REPLICA_GONE = (RayActorError, ActorUnavailableError, DeploymentUnavailableError)
+MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and the manifest around a file
+MANIFEST_LIMIT = 1024 * 1024
 
 
 class TopK(BaseModel):
@@ -96,10 +102,11 @@ class RequestContext:
         rid = headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         path = scope["path"].removeprefix(scope.get("root_path", ""))  # "/secure/v1/..." too
+        digits = scope["app"].state.settings.digits
         if path.startswith("/v1/admin/"):
-            limit = MODEL_UPLOAD_LIMIT
+            limit = digits.max_model_bytes + MANIFEST_LIMIT + MULTIPART_SLACK
         else:
-            limit = scope["app"].state.settings.digits.max_image_bytes + MULTIPART_SLACK
+            limit = digits.max_image_bytes + MULTIPART_SLACK
 
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
@@ -239,13 +246,16 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _handai_cause(exc: BaseException) -> HandaiError | None:
-    """Ray wraps errors raised in other deployments; find ours inside."""
+    """Ray wraps errors raised in other deployments; find ours inside. A replica that died or
+    is unreachable mid-request is the service not being ready, not a bug: 503, retry."""
     seen: BaseException | None = exc
     for _ in range(5):
         if seen is None:
             return None
         if isinstance(seen, HandaiError):
             return seen
+        if isinstance(seen, REPLICA_GONE):
+            return HandaiError("service_not_ready", "a replica stopped mid-request; retry shortly")
         seen = getattr(seen, "cause", None) or seen.__cause__
     return None
 
@@ -299,15 +309,6 @@ def preview_png(image: Preprocessed, max_kb: int) -> str | None:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _model_deployment_healthy() -> bool:
-    status = serve.status()
-    for application in status.applications.values():
-        model = application.deployments.get("Model")
-        if model is not None:
-            return str(model.status) in ("HEALTHY", "DeploymentStatus.HEALTHY")
-    return False
-
-
 def _read_response(
     prediction: Prediction, model_id: str, start: float, visual: str | None
 ) -> ReadResponse:
@@ -353,15 +354,21 @@ class Ingress:
 
     @app.get("/readyz")
     async def readyz(self) -> JSONResponse:
+        """Ready while this application's own graph answers: a Model replica returns its
+        model and a Preprocess replica an (empty) batch. A replica reconfiguring in place
+        still answers, so a model swap never reads as down."""
         try:
-            info = await asyncio.wait_for(self.model.info.remote(), timeout=5.0)
-            ready = await asyncio.to_thread(_model_deployment_healthy)
+            info, _ = await asyncio.wait_for(
+                asyncio.gather(self.model.info.remote(), self.preprocess.remote([], [])),
+                timeout=5.0,
+            )
         except Exception as exc:  # not ready, whatever the reason; say why in the log
             log.warning("not ready: %r", exc)
-            info, ready = {}, False
+            info = {}
+        ready = bool(info)
         body = {
             "status": "ready" if ready else "not_ready",
-            "model_loaded": bool(info),
+            "model_loaded": ready,
             "model_id": info.get("model_id"),
         }
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -473,10 +480,10 @@ class Ingress:
         ]
 
     @app.post("/v1/admin/models/upload")
-    async def upload(self, request: Request, _: Authorized) -> dict[str, Any]:
+    async def upload(self, request: Request, _: Admin) -> dict[str, Any]:
         form = await read_form(request, max_files=2)
-        manifest = await single_file(form, "manifest", 1024 * 1024)
-        weights = await single_file(form, "model", MODEL_UPLOAD_LIMIT)
+        manifest = await single_file(form, "manifest", MANIFEST_LIMIT)
+        weights = await single_file(form, "model", self.settings.digits.max_model_bytes)
         model_id = str(form.get("model_id") or "")
         activate = str(form.get("activate") or "false").lower() in ("1", "true", "yes", "on")
         installed = await asyncio.to_thread(
@@ -492,7 +499,7 @@ class Ingress:
         }
 
     @app.post("/v1/admin/models/activate")
-    async def activate(self, body: ActivateRequest, _: Authorized) -> dict[str, Any]:
+    async def activate(self, body: ActivateRequest, _: Admin) -> dict[str, Any]:
         await asyncio.to_thread(registry.load, self.settings.storage.models, body.model_id)
         await self._activate(body.model_id)
         return {"model_id": body.model_id, "active": True}

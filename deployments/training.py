@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from ray.job_submission import JobStatus, JobSubmissionClient
 
-from deployments.deps import AppSettings, Authorized
+from deployments.deps import Admin, AppSettings
 from deployments.rollout import dashboard_url
 from handai.config import Settings
 from handai.errors import HandaiError
@@ -92,7 +92,7 @@ def _read_json(path: Place) -> dict[str, Any] | None:
 
 
 @router.post("/jobs", status_code=202)
-async def submit(request: Request, settings: AppSettings, _: Authorized) -> dict[str, Any]:
+async def submit(request: Request, settings: AppSettings, _: Admin) -> dict[str, Any]:
     try:
         job = JobRequest.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -142,7 +142,7 @@ async def submit(request: Request, settings: AppSettings, _: Authorized) -> dict
 
 
 @router.get("/jobs/{job_id}")
-async def status(job_id: str, settings: AppSettings, _: Authorized) -> dict[str, Any]:
+async def status(job_id: str, settings: AppSettings, _: Admin) -> dict[str, Any]:
     folder = job_dir(settings, job_id)
     try:
         info = await asyncio.to_thread(_info, job_id)
@@ -159,7 +159,7 @@ async def status(job_id: str, settings: AppSettings, _: Authorized) -> dict[str,
 
 
 @router.delete("/jobs/{job_id}")
-async def stop(job_id: str, settings: AppSettings, _: Authorized) -> dict[str, Any]:
+async def stop(job_id: str, settings: AppSettings, _: Admin) -> dict[str, Any]:
     job_dir(settings, job_id)
     try:
         stopped = await asyncio.to_thread(_stop, job_id)

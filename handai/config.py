@@ -26,6 +26,7 @@ from handai.storage import location
 DEFAULT_CONFIG = Path("config/handai.toml")
 CONFIG_ENV = "HANDAI_CONFIG"
 HOME_ENV = "HANDAI_HOME"
+MIN_ADMIN_KEY = 16
 
 
 class ConfigError(Exception):
@@ -50,12 +51,17 @@ class DigitsSettings(BaseModel):
     uncertain_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.85
     max_image_mb: Annotated[float, Field(gt=0.0, le=64.0)] = 2.0
     max_image_side_px: Annotated[int, Field(ge=28, le=16384)] = 1024
+    max_model_mb: Annotated[float, Field(gt=0.0, le=1024.0)] = 64.0  # the shipped one is 45
     predict_timeout_seconds: Annotated[float, Field(gt=0.0, le=600.0)] = 5.0
     visualize_max_kb: Annotated[int, Field(ge=0)] = 16
 
     @property
     def max_image_bytes(self) -> int:
         return int(self.max_image_mb * 1024 * 1024)
+
+    @property
+    def max_model_bytes(self) -> int:
+        return int(self.max_model_mb * 1024 * 1024)
 
 
 class StorageSettings(BaseModel):
@@ -83,15 +89,32 @@ class StorageSettings(BaseModel):
 
 
 class SecuritySettings(BaseModel):
+    """Two keys, both sent as X-Api-Key: the read key (the bot's) guards reads when enforced;
+    the admin key alone allows uploads, activations and training jobs, which with no admin
+    key are refused (403 admin_disabled). Secure by default: nothing changes the live model
+    until an operator sets an admin key."""
+
     model_config = ConfigDict(extra="forbid")
 
-    api_key_enabled: bool = False
+    api_key_enabled: bool = False  # true whenever api_key is set, unless set false explicitly
     api_key: SecretStr | None = None
+    admin_key: SecretStr | None = None
 
     @model_validator(mode="after")
-    def _key_when_enabled(self) -> SecuritySettings:
-        if self.api_key_enabled and not (self.api_key and self.api_key.get_secret_value()):
+    def _keys(self) -> SecuritySettings:
+        if self.admin_key is not None and not self.admin_key.get_secret_value():
+            self.admin_key = None  # an empty SECURITY__ADMIN_KEY unsets it
+        read_key = self.api_key.get_secret_value() if self.api_key else ""
+        if read_key and "api_key_enabled" not in self.model_fields_set:
+            self.api_key_enabled = True  # a key written in the TOML counts like one in the env
+        if self.api_key_enabled and not read_key:
             raise ValueError("api_key_enabled is true but security.api_key is empty")
+        if self.admin_key is not None:
+            admin = self.admin_key.get_secret_value()
+            if len(admin) < MIN_ADMIN_KEY:
+                raise ValueError(f"admin_key: expected at least {MIN_ADMIN_KEY} characters")
+            if admin == read_key:
+                raise ValueError("admin_key: must differ from api_key (the bot's read key)")
         return self
 
 
@@ -149,24 +172,15 @@ def _anchor_paths(settings: Settings) -> Settings:
     return settings.model_copy(update={"app": app, "storage": storage})
 
 
-def _env_enables_key() -> bool:
-    """SECURITY__API_KEY set means enforced, unless SECURITY__API_KEY_ENABLED says otherwise."""
-    env = {k.upper(): v for k, v in os.environ.items()}
-    return bool(env.get("SECURITY__API_KEY")) and "SECURITY__API_KEY_ENABLED" not in env
-
-
 def load_settings() -> Settings:
     """Read and validate all settings, or raise ConfigError naming the first bad key."""
     try:
         settings = Settings()
-        if _env_enables_key() and not settings.security.api_key_enabled:
-            security = settings.security.model_copy(update={"api_key_enabled": True})
-            settings = settings.model_copy(update={"security": security})
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
         got = first.get("input")
-        shown = "<secret>" if "api_key" in key else repr(got)
+        shown = "<secret>" if key.startswith("security") else repr(got)
         raise ConfigError(f"invalid setting {key}: {first['msg']} (got {shown})") from None
     except ValueError as exc:  # a TOML syntax error
         raise ConfigError(f"invalid config file {_config_path()}: {exc}") from None

@@ -15,6 +15,7 @@ import io
 import logging
 import re
 import uuid
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ def load_checked(manifest: Manifest, weights: bytes) -> nn.Module:
     """Checksum, safe unpickling, shapes, strict load and a trial forward pass."""
     if manifest.sha256 is not None and sha256_of(weights) != manifest.sha256:
         raise HandaiError("invalid_model", "model.pt: sha256 does not match the manifest")
+    check_archive(weights)
     try:
         state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types on corrupt or unsafe files
@@ -95,6 +97,26 @@ def load_checked(manifest: Manifest, weights: bytes) -> nn.Module:
     if out.shape != (2, manifest.n_classes) or not torch.isfinite(out).all():
         raise HandaiError("invalid_model", "model.pt: trial forward pass gave non-finite output")
     return module
+
+
+def check_archive(weights: bytes) -> None:
+    """torch.save writes a zip of stored (uncompressed) entries. Anything else is refused
+    before torch.load reads it: a deflated entry can unpack to hundreds of times its size."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(weights)) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, ValueError):
+        raise HandaiError(
+            "invalid_model", "model.pt: expected the zip archive torch.save writes"
+        ) from None
+    for entry in entries:
+        if entry.compress_type != zipfile.ZIP_STORED or entry.file_size != entry.compress_size:
+            raise HandaiError(
+                "invalid_model",
+                f"model.pt: entry {entry.filename!r} is compressed; expected stored entries",
+            )
+    if sum(e.file_size for e in entries) > len(weights):
+        raise HandaiError("invalid_model", "model.pt: entries larger than the archive")
 
 
 def load(model_dir: Place, model_id: str) -> LoadedModel:

@@ -28,7 +28,8 @@ from tests.images import DATA
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-API_KEY = "test-key-0123456789"
+API_KEY = "test-key-0123456789"  # the read key (the bot's)
+ADMIN_KEY = "test-admin-key-0123456789"  # uploads, activations, training jobs
 
 
 def free_port() -> int:
@@ -100,7 +101,12 @@ class Service:
     cluster: Cluster
 
     def client(self, secure: bool = False, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.secure_url if secure else self.url, timeout=60, **kw)
+        """The open app with the operator's admin key (reads there need none), or the
+        secure app with no key at all."""
+        if secure:
+            return httpx.Client(base_url=self.secure_url, timeout=60, **kw)
+        headers = {"X-Api-Key": ADMIN_KEY, **kw.pop("headers", {})}
+        return httpx.Client(base_url=self.url, timeout=60, headers=headers, **kw)
 
     def serve_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -117,10 +123,11 @@ def test_config(secure_storage: Path, port: int) -> dict[str, Any]:
     """serve_config.yaml as shipped, on a free port, beside two variants of it.
 
     `handai` is exactly what `make serve` deploys: its resources, replicas and settings.
-    The variants exist only to show what the shipped settings cannot: handai-secure (API key
-    on, 4 reads admitted at once so overload shows) and handai-tight (a 1 ms deadline so
-    timeouts show). They claim no logical CPU, so the cluster's CPUs are shared out exactly
-    as under `make serve`: what a training job can get is what a user's job can get."""
+    The variants exist only to show what the shipped settings cannot: handai-secure (read key
+    on, 4 reads admitted at once so overload shows, a 1 MB model limit) and handai-tight (a
+    1 ms deadline so timeouts show, and no admin key, as shipped). They claim no logical
+    CPU, so the cluster's CPUs are shared out exactly as under `make serve`: what a training
+    job can get is what a user's job can get."""
     config: dict[str, Any] = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
     config["http_options"].update({"port": port, "host": "127.0.0.1"})
     base = config["applications"][0]
@@ -129,13 +136,21 @@ def test_config(secure_storage: Path, port: int) -> dict[str, Any]:
         (
             "handai-secure",
             "/secure",
-            {"STORAGE__ROOT": str(secure_storage), "SECURITY__API_KEY": API_KEY},
+            {
+                "STORAGE__ROOT": str(secure_storage),
+                "SECURITY__API_KEY": API_KEY,
+                "DIGITS__MAX_MODEL_MB": "1",
+            },
             {"Ingress": {"user_config": {"max_pending_reads": 4, "max_batch_size": 2}}},
         ),
         (
             "handai-tight",
             "/tight",
-            {"STORAGE__ROOT": str(secure_storage), "DIGITS__PREDICT_TIMEOUT_SECONDS": "0.001"},
+            {
+                "STORAGE__ROOT": str(secure_storage),
+                "DIGITS__PREDICT_TIMEOUT_SECONDS": "0.001",
+                "SECURITY__ADMIN_KEY": "",  # admin off, as shipped
+            },
             {},
         ),
     ]
@@ -198,6 +213,7 @@ def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
             "STORAGE__ROOT": str(storage),
             "APP__DATA_ROOT": str(DATA),
             "HANDAI_APP_NAME": "handai",
+            "SECURITY__ADMIN_KEY": ADMIN_KEY,  # as an operator sets it to upload or train
         },
     )
     config_path = work / "serve_config.yaml"

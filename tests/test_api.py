@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import API_KEY, Service
+from tests.conftest import ADMIN_KEY, API_KEY, Service
 from tests.images import HWD, draw_seven, encode
 
 SEVEN = (HWD / "7-001.png").read_bytes()
@@ -274,6 +274,16 @@ def test_api_key_guards_reads_and_admin_but_not_health(service: Service) -> None
         assert_error(
             c.post("/v1/admin/models/activate", json={"model_id": "test-a"}), 401, "unauthorized"
         )
+        # The bot's read key never authorizes admin: it could replace the model otherwise.
+        assert_error(
+            c.post(
+                "/v1/admin/models/activate",
+                json={"model_id": "test-a"},
+                headers={"X-Api-Key": API_KEY},
+            ),
+            401,
+            "unauthorized",
+        )
         ok = c.post(
             "/v1/read",
             files={"file": ("d.png", SEVEN, "image/png")},
@@ -357,3 +367,32 @@ def test_custom_metrics_reach_the_prometheus_export(service: Service) -> None:
     missing = [name for name in wanted if name not in text]
     assert not missing, missing
     assert 'code="invalid_image"' in text
+
+
+def test_admin_is_off_until_an_admin_key_is_set(service: Service) -> None:
+    """As shipped: no admin key, so no upload, activation or training job, whatever is sent."""
+    with httpx.Client(base_url=service.tight_url, timeout=60) as c:
+        for key in ("", API_KEY, ADMIN_KEY):
+            headers = {"X-Api-Key": key} if key else {}
+            for method, path, body in (
+                ("POST", "/v1/admin/models/activate", {"model_id": "test-a"}),
+                ("POST", "/api/v1/training/jobs", {"model_id": "x"}),
+                ("GET", "/api/v1/training/jobs/train-x-00000000", None),
+            ):
+                resp = c.request(method, path, json=body, headers=headers)
+                assert_error(resp, 403, "admin_disabled")
+        assert read(c, SEVEN).status_code in (200, 504)  # reads are not admin
+
+
+def test_model_uploads_are_bounded_by_the_model_limit(service: Service) -> None:
+    """The secure app allows 1 MB models: a bigger upload is refused before it is read."""
+    with service.client(secure=True, headers={"X-Api-Key": ADMIN_KEY}) as c:
+        big = c.post(
+            "/v1/admin/models/upload",
+            files={
+                "manifest": ("m.json", b"{}", "application/json"),
+                "model": ("model.pt", b"0" * (3 * 1024 * 1024), "application/octet-stream"),
+            },
+            data={"model_id": "big"},
+        )
+    assert_error(big, 413, "too_large")

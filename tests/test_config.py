@@ -152,3 +152,41 @@ def test_unknown_keys_stop_startup(tmp_path: Path, text: str, key: str) -> None:
     write_toml(tmp_path, text)
     with pytest.raises(ConfigError, match=key):
         load_settings()
+
+
+def test_a_read_key_written_in_the_toml_is_enforced(tmp_path: Path) -> None:
+    write_toml(tmp_path, '[security]\napi_key = "from-the-file-123"\n')
+    assert load_settings().security.api_key_enabled is True
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"SECURITY__ADMIN_KEY": "short"}, "at least 16"),
+        (
+            {
+                "SECURITY__ADMIN_KEY": "same-key-0123456789",
+                "SECURITY__API_KEY": "same-key-0123456789",
+            },
+            "differ",
+        ),
+    ],
+    ids=["short", "same-as-read-key"],
+)
+def test_weak_admin_keys_stop_startup(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_settings()
+    assert "0123456789" not in str(err.value)  # keys are never echoed
+
+
+def test_admin_is_off_unless_a_key_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().security.admin_key is None
+    monkeypatch.setenv("SECURITY__ADMIN_KEY", "")
+    assert load_settings().security.admin_key is None
+    monkeypatch.setenv("SECURITY__ADMIN_KEY", "a-long-admin-key-42")
+    key = load_settings().security.admin_key
+    assert key is not None and key.get_secret_value() == "a-long-admin-key-42"

@@ -1,5 +1,6 @@
 import io
 import json
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from handai.registry import (
     ACTIVE_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
+    check_archive,
     install,
     list_manifests,
     load,
@@ -103,7 +105,7 @@ def test_install_then_load_round_trips(tmp_path: Path, weights: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("schema", "cut", "message"),
-    [("1.1", 10, "sha256"), ("1.1", 0, "sha256"), ("1", 10, "cannot be loaded")],
+    [("1.1", 10, "sha256"), ("1.1", 0, "sha256"), ("1", 10, "zip archive")],
     ids=["truncated", "replaced", "truncated-v1-without-checksum"],
 )
 def test_corrupt_weights_never_enter_the_registry(
@@ -273,3 +275,19 @@ def test_seeding_adds_missing_seed_models_to_a_used_registry(
     save(tmp_path / "seed" / "s2", build_model(), model_id="s2", val_acc=0.9, temperature=1.0)
     assert seed_registry(models, tmp_path / "seed") == ["s2"]
     assert {m.model_id for m in list_manifests(models)} == {"mine", "s2"}
+
+
+def test_compressed_archives_are_refused_before_unpickling(tmp_path: Path, weights: bytes) -> None:
+    """A deflated state dict can unpack to ~800x its size inside the Ingress: refused unread."""
+    source = zipfile.ZipFile(io.BytesIO(weights))
+    packed = io.BytesIO()
+    with zipfile.ZipFile(packed, "w", zipfile.ZIP_DEFLATED) as archive:
+        for entry in source.infolist():
+            archive.writestr(entry.filename, source.read(entry.filename))
+    bomb = packed.getvalue()
+    assert len(bomb) < len(weights)
+    raw = json.dumps(manifest_for("bomb", bomb)).encode()
+    with pytest.raises(HandaiError, match="compressed"):
+        install(tmp_path, "bomb", raw, bomb)
+    with pytest.raises(HandaiError, match="zip archive"):
+        check_archive(b"not a zip at all" * 100)
