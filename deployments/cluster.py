@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -212,13 +213,16 @@ class Cluster:
             return None
 
     def _processes(self) -> list[psutil.Process]:
-        """Ray's daemons started with this folder, every process under them (workers,
+        """Ray's daemons started with this folder or pointed at this cluster's GCS port (the
+        Ray client server carries only the latter), every process under them (workers,
         replicas, HAProxy), and any HAProxy of this folder that lost its parent."""
         mark = str(self.folder)
+        gcs = re.compile(rf"^--(address|gcs[-_]address)=[\w.:\[\]-]*:{self.ports.gcs}$")
         roots: list[psutil.Process] = []
         for proc in psutil.process_iter(["cmdline"]):
             try:
-                if any(mark in part for part in proc.info["cmdline"] or []):
+                args = proc.info["cmdline"] or []
+                if any(mark in part or gcs.match(part) for part in args):
                     roots.append(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue

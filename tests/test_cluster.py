@@ -23,8 +23,9 @@ from tests.conftest import ROOT
 
 
 def free_offset() -> int:
-    """A shift that puts every default port of `make serve` on a free one."""
-    for offset in range(1000, 20000, 97):
+    """A shift that puts every default port of `make serve` on a free one, below Ray's range
+    of worker ports (10002-19999), which a moved port must not fall into."""
+    for offset in range(-1000, -6000, -97):
         ports = [p + offset for p in asdict(Ports()).values()]
         if all(_free(p) for p in ports):
             return offset
