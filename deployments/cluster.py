@@ -37,6 +37,9 @@ log = logging.getLogger("handai.cluster")
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STATE_FILE = "cluster.json"
+SHUTDOWN_WAIT_S = 20
+# Ctrl-C, `kill`, and the terminal closing all stop the cluster this run started.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # What Ray and Serve read when the cluster starts; a caller's own values win.
 RAY_ENV = {
     # One machine, reached over loopback: Ray's token auth (on by default in 2.60) is off.
@@ -188,22 +191,29 @@ class Cluster:
     def stop(self, quiet: bool = False) -> int:
         """Stop this cluster's processes, found by its folder; returns how many there were."""
         if (self.folder / STATE_FILE).is_file() and not quiet:
-            subprocess.run(
-                [str(BIN / "serve"), "shutdown", "-y", "-a", self.dashboard],
-                env=self.cli_env(),
-                capture_output=True,
-                timeout=60,
-                check=False,
-            )
-        procs = self._processes()
-        for proc in procs:
-            _signal(proc, signal.SIGTERM)
-        _, alive = psutil.wait_procs(procs, timeout=15)
-        for proc in alive:
-            _signal(proc, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=10)
+            # Graceful first (replicas finish what they hold), but a stop must not hang on it.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                subprocess.run(
+                    [str(BIN / "serve"), "shutdown", "-y", "-a", self.dashboard],
+                    env=self.cli_env(),
+                    capture_output=True,
+                    timeout=SHUTDOWN_WAIT_S,
+                    check=False,
+                )
+        stopped: set[int] = set()
+        for _ in range(3):  # a dying Serve proxy can still start an HAProxy: look again
+            procs = [p for p in self._processes() if p.pid not in stopped]
+            if not procs:
+                break
+            for proc in procs:
+                _signal(proc, signal.SIGTERM)
+            _, alive = psutil.wait_procs(procs, timeout=10)
+            for proc in alive:
+                _signal(proc, signal.SIGKILL)
+            psutil.wait_procs(alive, timeout=10)
+            stopped.update(p.pid for p in procs)
         (self.folder / STATE_FILE).unlink(missing_ok=True)
-        return len(procs)
+        return len(stopped)
 
     def owner(self) -> int | None:
         """The process that started this cluster, as its state file says."""
@@ -278,8 +288,8 @@ def serve(config: Path, cluster: Cluster) -> int:
             stopping = True
             raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, on_signal)
     try:
         print(f"starting Ray: dashboard {cluster.dashboard}, files {cluster.folder}", flush=True)
         cluster.start()
@@ -289,16 +299,22 @@ def serve(config: Path, cluster: Cluster) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("stopping", flush=True)
+        _say("stopping")
         return 0
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in STOP_SIGNALS:  # a second Ctrl-C, or the terminal closing, must not cut it
+            signal.signal(sig, signal.SIG_IGN)
         cluster.stop()
-        print("stopped", flush=True)
+        _say("stopped")
+
+
+def _say(line: str) -> None:
+    """Print, unless the reader is gone (Ctrl-C also ends `make serve | tee log`)."""
+    with contextlib.suppress(OSError):
+        print(line, flush=True)
 
 
 def _on_port(config: Path, cluster: Cluster) -> Path:
