@@ -70,6 +70,9 @@ class Ports:
     agent: int = 52365
     haproxy_stats: int = 8404
     haproxy_metrics: int = 9101
+    # HAProxy forwards to the ingress replicas' own ports: the first of a range of 1000 each.
+    replica_http: int = 30000
+    replica_grpc: int = 40000
 
 
 @dataclass
@@ -114,6 +117,10 @@ class Cluster:
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(self.ports.haproxy_stats),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(self.ports.haproxy_metrics),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(self.ports.replica_http),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(self.ports.replica_http + 1000),
+            "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(self.ports.replica_grpc),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(self.ports.replica_grpc + 1000),
             **self.env_extra,
         }
 

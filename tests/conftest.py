@@ -193,7 +193,10 @@ def registry_with(storage: Path, *model_ids: str) -> Path:
 
 
 def free_ports() -> Ports:
-    return Ports(**{name: free_port() for name in Ports.__dataclass_fields__})
+    """Free ports for this cluster; its replicas' port ranges apart from make serve's
+    (30000, 40000) and from tests/test_cluster.py's (shifted down by 1000-6000)."""
+    ranges = {"replica_http": 21000, "replica_grpc": 22000}
+    return Ports(**{name: ranges.get(name) or free_port() for name in Ports.__dataclass_fields__})
 
 
 @pytest.fixture(scope="session")
