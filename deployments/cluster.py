@@ -175,8 +175,8 @@ class Cluster:
             raise StartupError(f"serve deploy failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
     def wait_running(self, names: list[str], timeout: float = 300.0) -> None:
-        """Until every named application runs; a failed one stops the wait with its reason,
-        instead of waiting on replicas that can never start."""
+        """Until the service answers ready on its HTTP port; an application that failed stops
+        the wait with its reason, instead of waiting on replicas that can never start."""
         deadline = time.monotonic() + timeout
         status: dict[str, Any] = {}
         while time.monotonic() < deadline:
@@ -189,11 +189,17 @@ class Cluster:
                 app = status.get(name, {})
                 if app.get("status") in ("DEPLOY_FAILED", "UNHEALTHY"):
                     raise StartupError(f"application {name!r} failed: {_reason(app)}")
-            if status and all(status.get(n, {}).get("status") == "RUNNING" for n in names):
+            if self._ready():
                 return
             time.sleep(1.0)
         waiting = {n: status.get(n, {}).get("status", "NOT_STARTED") for n in names}
-        raise StartupError(f"not running after {timeout:g} s: {waiting}")
+        raise StartupError(f"not ready after {timeout:g} s: {waiting}")
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(f"{self.url}/readyz", timeout=10).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def stop(self, quiet: bool = False) -> int:
         """Stop this cluster's processes, found by its folder; returns how many there were."""
