@@ -292,7 +292,8 @@ def train_loop(config: dict[str, Any]) -> None:
 def yield_to_serving() -> None:
     """Lower every thread of this worker (Linux priorities are per thread) to NICENESS, so a
     Model replica's forward pass preempts a training step instead of waiting for one."""
-    for tid in Path("/proc/self/task").iterdir():
+    tasks = Path("/proc/self/task")
+    for tid in tasks.iterdir() if tasks.is_dir() else []:
         try:
             os.setpriority(os.PRIO_PROCESS, int(tid.name), NICENESS)
         except (OSError, ValueError):  # a thread that ended meanwhile; not Linux
