@@ -11,7 +11,7 @@ export RAY_AUTH_MODE ?= disabled
 # The venv's tools (serve, ray, handai) first, for recipes and the processes they start.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install redis lint test serve stop bench clean
+.PHONY: install redis lint test serve stop bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,12 @@ bench: install
 	-$(MAKE) --no-print-directory stop >/dev/null 2>&1
 	$(BIN)/python -m benchmarks.training --full-epoch --out $(BENCH)/training.json
 	$(BIN)/python -m benchmarks.report $(BENCH) docs/benchmarks.md
+
+# Hostile inputs, overload, swaps, a replica kill, a 30-minute soak and 5 stop/start cycles
+# against the service as `make serve` runs it (stopped first); figures in docs/reliability.md.
+# Its fast parts run in `make test` (tests/test_chaos.py).
+chaos: install
+	$(BIN)/python -m benchmarks.chaos --out artifacts/chaos/chaos.json --doc docs/reliability.md
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

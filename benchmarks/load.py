@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ class LoadResult:
     concurrency: int
     requests: int  # answered 200 in the measured window
     failures: int
+    failure_statuses: dict[int, int]  # e.g. {503: n}: refused, retried after Retry-After
     warmup_requests: int  # answered 200 during warm-up (the service saw them too)
     mean_ms_all: float  # mean latency over warm-up and measured reads: the service's population
     seconds: float
@@ -63,6 +65,12 @@ async def _client(
                 latencies.append((time.perf_counter() - start) * 1000)
             else:
                 failures.append(resp.status)
+                # As a well-behaved client does (the bot included): a refused read is retried
+                # when the service says, not at once; a client that retries at once spends
+                # the CPU the reads need on being refused.
+                wait = resp.headers.get("Retry-After", "")
+                if wait.isdigit():
+                    await asyncio.sleep(min(float(wait), max(0.0, deadline - time.perf_counter())))
 
 
 async def _run(
@@ -91,6 +99,7 @@ async def _run(
         concurrency=concurrency,
         requests=len(latencies),
         failures=len(failures),
+        failure_statuses={s: failures.count(s) for s in sorted(set(failures))},
         warmup_requests=len(warm[0]),
         mean_ms_all=round(statistics.fmean([*warm[0], *latencies] or [float("nan")]), 2),
         seconds=round(elapsed, 2),
@@ -111,6 +120,80 @@ def run_load(
 ) -> LoadResult:
     """Closed-loop load on `url` (the full /v1/read URL with its query)."""
     return asyncio.run(_run(url, multipart(data, content_type), concurrency, seconds, warmup))
+
+
+@dataclass(frozen=True)
+class OpenLoopResult:
+    offered_rps: float
+    seconds: float
+    sent: int
+    answered: int  # 200
+    statuses: dict[int, int]
+    answered_rps: float
+    p50_ms: float
+    p99_ms: float  # of answered reads
+    refusal_p99_ms: float  # how fast a 503 came back
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def _open_loop(url: str, body: bytes, rate: float, seconds: float) -> OpenLoopResult:
+    """Poisson arrivals at `rate` per second, whatever the service answers: overload as
+    many independent users make it, not as a few polite clients do."""
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    latencies: list[float] = []
+    refusals: list[float] = []
+    statuses: dict[int, int] = {}
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=60)
+    rng = random.Random(0)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one() -> None:
+            start = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError):
+                status = 0  # no answer at all
+            took = (time.perf_counter() - start) * 1000
+            statuses[status] = statuses.get(status, 0) + 1
+            (latencies if status == 200 else refusals).append(took)
+
+        tasks: list[asyncio.Task[None]] = []
+        began = time.perf_counter()
+        due = began
+        while due < began + seconds:
+            due += rng.expovariate(rate)
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - began
+
+    def pct(values: list[float], q: int) -> float:
+        if len(values) < 2:
+            return float("nan")
+        return round(statistics.quantiles(values, n=100)[q - 1], 1)
+
+    return OpenLoopResult(
+        offered_rps=rate,
+        seconds=round(elapsed, 1),
+        sent=len(tasks),
+        answered=len(latencies),
+        statuses=dict(sorted(statuses.items())),
+        answered_rps=round(len(latencies) / seconds, 1),
+        p50_ms=pct(latencies, 50),
+        p99_ms=pct(latencies, 99),
+        refusal_p99_ms=pct(refusals, 99),
+    )
+
+
+def run_open_loop(
+    url: str, data: bytes, content_type: str, rate: float, seconds: float = 20.0
+) -> OpenLoopResult:
+    return asyncio.run(_open_loop(url, multipart(data, content_type), rate, seconds))
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from deployments.admission import Admission
 from deployments.batching import Batcher
 from deployments.deps import Admin, Authorized
 from deployments.metrics import stage_histogram
@@ -50,6 +51,7 @@ SERVICE = "handai"
 REPLICA_GONE = (RayActorError, ActorUnavailableError, DeploymentUnavailableError)
 MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and the manifest around a file
 MANIFEST_LIMIT = 1024 * 1024
+RETRY_WAIT_S = 2.0  # a batch caught by a dying replica is sent once more, for this long
 
 
 class TopK(BaseModel):
@@ -159,6 +161,9 @@ class IngressConfig(BaseModel):
     max_batches_in_flight: Annotated[int, Field(ge=1, le=64)] = 2
     # Reads admitted at once per replica; more answer 503 overloaded straight away.
     max_pending_reads: Annotated[int, Field(ge=1)] = 256
+    # A read expected to wait longer than this behind those admitted answers 503 overloaded
+    # at once (as does one that would miss digits.predict_timeout_seconds).
+    max_wait_ms: Annotated[float, Field(gt=0.0)] = 200.0
 
 
 @dataclass(frozen=True)
@@ -211,7 +216,8 @@ def count_error(request: Request, code: str) -> None:
 @app.exception_handler(HandaiError)
 async def handai_error(request: Request, exc: HandaiError) -> JSONResponse:
     count_error(request, exc.code)
-    headers = {"Retry-After": "1"} if exc.code in ("overloaded", "service_not_ready") else None
+    retry = exc.retry_after_s or (1 if exc.code in ("overloaded", "service_not_ready") else None)
+    headers = {"Retry-After": str(retry)} if retry else None
     return error_response(request, exc.code, exc.message, headers)
 
 
@@ -336,15 +342,17 @@ class Ingress:
         app.state.metrics = self.metrics
         self.timeout = self.settings.digits.predict_timeout_seconds
         cfg = IngressConfig()
-        self.max_pending = cfg.max_pending_reads
-        self.pending = 0
+        self.admission = Admission(
+            cfg.max_wait_ms / 1000, self.timeout, max_pending=cfg.max_pending_reads
+        )
         self.reads = Batcher(self._read_batch, cfg.max_batch_size, cfg.max_batches_in_flight)
         self.switching = asyncio.Lock()
         self.switches: set[asyncio.Task[None]] = set()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         cfg = IngressConfig.model_validate(user_config)
-        self.max_pending = cfg.max_pending_reads
+        self.admission.max_pending = cfg.max_pending_reads
+        self.admission.max_wait_s = cfg.max_wait_ms / 1000
         self.reads.max_batch_size = cfg.max_batch_size
         self.reads.max_in_flight = cfg.max_batches_in_flight
 
@@ -418,13 +426,12 @@ class Ingress:
         tta: Annotated[bool | None, Query()] = None,
     ) -> ReadResponse:
         start = time.perf_counter()
-        form = await read_form(request)
-        data = await single_file(form, "file", self.settings.digits.max_image_bytes)
         # `center` is kept for the bot's old URLs: centring is what the model was trained on.
         del center
-        if self.pending >= self.max_pending:
-            raise HandaiError("overloaded", "too many requests in flight; retry shortly")
-        self.pending += 1
+        self.admission.check()  # before the body is read: a refusal costs almost nothing
+        form = await read_form(request)
+        data = await single_file(form, "file", self.settings.digits.max_image_bytes)
+        self.admission.admit()
         try:
             job = ReadJob(data, invert, tta, visualize, time.perf_counter())
             reading = await asyncio.wait_for(self.reads.submit(job), timeout=self.timeout)
@@ -436,7 +443,7 @@ class Ingress:
         except RequestCancelledError:
             raise HandaiError("timeout", "the request was cancelled") from None
         finally:
-            self.pending -= 1
+            self.admission.release()
         if isinstance(reading.answer, HandaiError):
             raise reading.answer
         model_id, prediction = reading.answer
@@ -459,17 +466,28 @@ class Ingress:
         straight to the Model.
         """
         began = time.perf_counter()
-        prepared = self.preprocess.remote([j.upload for j in jobs], [j.invert for j in jobs])
         try:
-            answers: list[Answer] = await self.model.predict.remote(prepared, [j.tta for j in jobs])
-            visualize = any(j.visualize for j in jobs)
-            images: list[Any] = await prepared if visualize else [None] * len(jobs)
+            answers, images = await self._through_graph(jobs)
         except Exception as exc:  # a HandaiError raised in another deployment arrives wrapped
             cause = _handai_cause(exc)
             if cause is None:
                 raise
-            raise cause from None
+            if cause.code != "service_not_ready":
+                raise cause from None
+            # A replica died mid-call: send the batch once more, which the handle routes to a
+            # live replica. Briefly: with none left, waiting for a new one would only turn
+            # these reads' 503 into a 504.
+            log.warning("a replica stopped mid-batch; retrying %d read(s)", len(jobs))
+            try:
+                answers, images = await asyncio.wait_for(self._through_graph(jobs), RETRY_WAIT_S)
+            except TimeoutError:
+                self.admission.down = True  # no live replica: new reads are told so at once
+                raise cause from None
+            except Exception as again:
+                self.admission.down = True
+                raise (_handai_cause(again) or again) from None
         done = time.perf_counter()
+        self.admission.batch_done(len(jobs), began, done)
         self.metrics.batch.observe(len(jobs))
         for job in jobs:
             self.metrics.stage.observe((began - job.queued_at) * 1000, tags={"stage": "queue"})
@@ -478,6 +496,13 @@ class Ingress:
             Reading(answer, image if job.visualize and isinstance(image, Preprocessed) else None)
             for answer, image, job in zip(answers, images, jobs, strict=True)
         ]
+
+    async def _through_graph(self, jobs: list[ReadJob]) -> tuple[list[Answer], list[Any]]:
+        prepared = self.preprocess.remote([j.upload for j in jobs], [j.invert for j in jobs])
+        answers: list[Answer] = await self.model.predict.remote(prepared, [j.tta for j in jobs])
+        visualize = any(j.visualize for j in jobs)
+        images: list[Any] = await prepared if visualize else [None] * len(jobs)
+        return answers, images
 
     @app.post("/v1/admin/models/upload")
     async def upload(self, request: Request, _: Admin) -> dict[str, Any]:

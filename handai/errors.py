@@ -51,15 +51,16 @@ STATUS: dict[ErrorCode, int] = {
 class HandaiError(Exception):
     """An expected failure with a stable code and a message a person can act on."""
 
-    def __init__(self, code: ErrorCode, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str, retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.code: ErrorCode = code
         self.message = message
+        self.retry_after_s = retry_after_s  # for 503s: when trying again makes sense
 
     @property
     def status(self) -> int:
         return STATUS[self.code]
 
-    def __reduce__(self) -> tuple[type[HandaiError], tuple[ErrorCode, str]]:
-        # Ray pickles exceptions across processes; keep code and message intact.
-        return (type(self), (self.code, self.message))
+    def __reduce__(self) -> tuple[type[HandaiError], tuple[ErrorCode, str, int | None]]:
+        # Ray pickles exceptions across processes; keep every field intact.
+        return (type(self), (self.code, self.message, self.retry_after_s))

@@ -124,7 +124,8 @@ def test_config(secure_storage: Path, port: int) -> dict[str, Any]:
 
     `handai` is exactly what `make serve` deploys: its resources, replicas and settings.
     The variants exist only to show what the shipped settings cannot: handai-secure (read key
-    on, 4 reads admitted at once so overload shows, a 1 MB model limit) and handai-tight (a
+    on, 4 reads admitted at once so overload shows, a 1 MB model limit, two Model replicas
+    so a replica can die with another standing) and handai-tight (a
     1 ms deadline so timeouts show, and no admin key, as shipped). They claim no logical
     CPU, so the cluster's CPUs are shared out exactly as under `make serve`: what a training
     job can get is what a user's job can get."""
@@ -141,7 +142,10 @@ def test_config(secure_storage: Path, port: int) -> dict[str, Any]:
                 "SECURITY__API_KEY": API_KEY,
                 "DIGITS__MAX_MODEL_MB": "1",
             },
-            {"Ingress": {"user_config": {"max_pending_reads": 4, "max_batch_size": 2}}},
+            {
+                "Ingress": {"user_config": {"max_pending_reads": 4, "max_batch_size": 2}},
+                "Model": {"num_replicas": 2},  # a killed replica's reads go to the other
+            },
         ),
         (
             "handai-tight",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -279,7 +281,13 @@ def test_training_endpoints_need_the_key(service: Service) -> None:
     assert resp.status_code == 401 and resp.json()["code"] == "unauthorized"
 
 
-def submit_cli(service: Service, job_id: str, *args: str) -> subprocess.Popen[str]:
+def submit_cli(
+    service: Service,
+    job_id: str,
+    *args: str,
+    model_id: str = "e2e-resume",
+    run_name: str = "resume-run",
+) -> subprocess.Popen[str]:
     command = [
         str(BIN / "ray"),
         "job",
@@ -293,11 +301,11 @@ def submit_cli(service: Service, job_id: str, *args: str) -> subprocess.Popen[st
         "-m",
         "train.job",
         "--model-id",
-        "e2e-resume",
+        model_id,
         "--epochs",
         "2",
         "--run-name",
-        "resume-run",
+        run_name,
         "--batch-size",
         "64",
         "--lr",
@@ -344,6 +352,41 @@ def test_restarted_run_resumes_from_its_checkpoint(service: Service, listener: L
     assert [e["type"] for e in events].count("digits.train.started.v1") == 1
     manifest = parse_manifest((service.artifacts / "e2e-resume" / MANIFEST_FILE).read_bytes())
     assert manifest.model_dump()["epochs"] == 2
+
+
+def train_worker_pids(service: Service) -> list[int]:
+    from ray.util.state import list_actors
+
+    actors = list_actors(
+        address=service.dashboard,
+        filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+        raise_on_missing_output=False,
+    )
+    return [int(a.pid) for a in actors if a.pid]
+
+
+def test_a_killed_training_worker_resumes_from_its_last_checkpoint(
+    service: Service, listener: Listener
+) -> None:
+    """A worker process killed mid-epoch (OOM killer, a lost node): Ray Train restarts the
+    group (FailureConfig) and the loop resumes from the last checkpoint; the job succeeds."""
+    run = service.artifacts / "runs" / "failover-run"
+    job = submit_cli(service, "failover-1", model_id="e2e-failover", run_name="failover-run")
+    deadline = time.monotonic() + 600
+    while not list(run.glob("checkpoint_*")) and time.monotonic() < deadline:
+        assert job.poll() is None, job.communicate()[0][-3000:]
+        time.sleep(0.5)
+    time.sleep(2)  # the checkpoint registered; epoch 2 (about 20 s) under way
+    pids = train_worker_pids(service)
+    assert pids, "no training worker found"
+    os.kill(pids[0], signal.SIGKILL)
+    output = job.communicate(timeout=900)[0]
+    assert job.returncode == 0, output[-3000:]
+    events = listener.of("e2e-failover")
+    epochs = [e["epoch"] for e in events if e["type"].endswith(".epoch.v1")]
+    assert epochs == [1, 2], epochs  # epoch 1 was not trained again
+    types = [e["type"] for e in events]
+    assert types.count("digits.train.started.v1") == 1 and types[-1].endswith("completed.v1")
 
 
 def readme_block(marker: str) -> str:

@@ -81,6 +81,12 @@ def parse_args(argv: list[str]) -> tuple[JobRequest, argparse.Namespace]:
         "--cpus-per-worker", type=float, help="default: the cluster's free CPUs, split evenly"
     )
     p.add_argument("--init-from", type=Path, help="a model folder or model.pt to fine-tune")
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="worker failures survived by restarting from the last checkpoint",
+    )
     args = p.parse_args(argv)
     body: dict[str, Any] = {}
     if args.job_json:
@@ -182,6 +188,9 @@ def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
             run_config=ray.train.RunConfig(
                 name=run_id,
                 storage_path=str(artifacts / "runs"),  # = settings.storage.runs by default
+                # A worker that dies (killed, its node lost) restarts the group, which
+                # resumes from the last checkpoint: the loop reads get_checkpoint().
+                failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
                 checkpoint_config=ray.train.CheckpointConfig(
                     num_to_keep=2,
                     checkpoint_score_attribute="val_acc",
