@@ -6,7 +6,8 @@
 It starts the service the way `make serve` does (`python -m deployments.cluster serve`, the
 shipped serve_config.yaml and ports; any running instance is stopped first) with its storage
 in a temporary folder and an admin key of its own, then runs each part and prints its
-figures. Parts: fuzz (mutated and malformed reads), hostile (malicious model uploads),
+figures. Parts: restarts (5 start/stop cycles by Ctrl-C, kill -9 + make stop, SIGTERM,
+SIGHUP), fuzz (mutated and malformed reads), hostile (malicious model uploads),
 overload (4x the measured capacity), swaps (activations under load, /readyz polled every
 0.2 s), kill (a Model replica killed under load), soak (moderate load for --soak-minutes,
 replica memory sampled). Asserts nothing: tests/test_chaos.py runs the fast parts in `make test`.
@@ -43,7 +44,7 @@ from deployments.cluster import Cluster, Ports
 from handai.registry import MANIFEST_FILE, MODEL_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
-HWD = ROOT.parent / "shared" / "data" / "hwd1000"
+HWD = ROOT.parent / "shared" / "data" / "hwd1000" / "img"
 PARTS = ("restarts", "fuzz", "hostile", "overload", "swaps", "kill", "soak")
 
 
