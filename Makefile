@@ -11,7 +11,7 @@ export RAY_AUTH_MODE ?= disabled
 # The venv's tools (serve, ray, handai) first, for recipes and the processes they start.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install redis lint test serve stop bench chaos clean
+.PHONY: install redis browser lint test serve stop bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,17 @@ install: $(STAMP)
 redis:
 	@command -v redis-server >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; }
 
+# Debian's chromium and its driver for the page's tests (a browser download by a test tool
+# fails on machines without general network access).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; }
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: install redis lint
+test: install redis browser lint
 	$(BIN)/pytest
 
 # Serves the shipped model on :8081 (seed/ is copied into models/): a local Ray head, then

@@ -214,6 +214,15 @@ class Cluster:
                     check=False,
                 )
         stopped: set[int] = set()
+        owner = self.owner()
+        if owner is not None and owner != os.getpid():
+            # The `make serve` that started it, when `make stop` ends its cluster: left alive,
+            # a later signal to it would stop whatever cluster runs from this folder then.
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(owner)
+                if any("deployments.cluster" in part for part in proc.cmdline()):
+                    proc.kill()
+                    stopped.add(owner)
         for _ in range(3):  # a dying Serve proxy can still start an HAProxy: look again
             procs = [p for p in self._processes() if p.pid not in stopped]
             if not procs:

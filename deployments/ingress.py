@@ -8,15 +8,17 @@ import base64
 import importlib.metadata
 import io
 import logging
+import math
 import os
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
@@ -44,10 +46,12 @@ from handai import registry
 from handai.config import load_settings
 from handai.errors import STATUS, ErrorCode, HandaiError
 from handai.inference import Prediction
+from handai.numbers import DigitCut, Slot, choose, flatten
 from handai.preprocess import Preprocessed
 
 log = logging.getLogger("ray.serve")
 SERVICE = "handai"
+PAGE = (Path(__file__).parent / "static" / "index.html").read_text(encoding="utf-8")
 REPLICA_GONE = (RayActorError, ActorUnavailableError, DeploymentUnavailableError)
 MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and the manifest around a file
 MANIFEST_LIMIT = 1024 * 1024
@@ -68,6 +72,22 @@ class ReadResponse(BaseModel):
     uncertain: bool
     latency_ms: float
     visual_png_b64: str | None
+
+
+class DigitReading(BaseModel):
+    digit: int
+    confidence: float
+    top_k: list[TopK]
+    box: list[int]  # x, y, width, height in the upload's pixels
+
+
+class NumberResponse(BaseModel):
+    number: str  # a string: leading zeros are part of what was written
+    confidence: float  # the product of the digits' confidences
+    uncertain: bool  # any digit uncertain
+    digits: list[DigitReading]
+    model_id: str
+    latency_ms: float
 
 
 class ErrorBody(BaseModel):
@@ -356,6 +376,11 @@ class Ingress:
         self.reads.max_batch_size = cfg.max_batch_size
         self.reads.max_in_flight = cfg.max_batches_in_flight
 
+    @app.get("/", include_in_schema=False)
+    async def page(self) -> HTMLResponse:
+        """The try-it page: draw or photograph a digit, or a number (static, no build)."""
+        return HTMLResponse(PAGE)
+
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
@@ -458,6 +483,69 @@ class Ingress:
         response = _read_response(prediction, model_id, start, visual)
         self.metrics.stage.observe(response.latency_ms, tags={"stage": "handler"})
         return response
+
+    @app.post("/v1/read/number", response_model=NumberResponse)
+    async def read_number(
+        self,
+        request: Request,
+        _: Authorized,
+        invert: Annotated[bool | None, Query()] = None,
+        tta: Annotated[bool | None, Query()] = None,
+    ) -> NumberResponse:
+        """1-12 digits written in a row: segmented on the same cleaned image as /v1/read,
+        every candidate digit read by the same Model deployment (batched with other reads)."""
+        start = time.perf_counter()
+        self.admission.check()
+        form = await read_form(request)
+        data = await single_file(form, "file", self.settings.digits.max_image_bytes)
+        self.admission.admit()
+        try:
+            answers = await asyncio.wait_for(self._read_digits(data, invert, tta), self.timeout)
+        except TimeoutError:
+            raise HandaiError("timeout", f"no answer within {self.timeout:g} s") from None
+        except BackPressureError:
+            raise HandaiError("overloaded", "too many requests in flight; retry shortly") from None
+        finally:
+            self.admission.release()
+        model_id = answers[0][1][0]
+        predictions = [p for _, (_, p) in answers]
+        for prediction in predictions:
+            self.metrics.reads.inc(tags={"digit": str(prediction.digit)})
+        return NumberResponse(
+            number="".join(str(p.digit) for p in predictions),
+            confidence=math.prod(p.confidence for p in predictions),
+            uncertain=any(p.uncertain for p in predictions),
+            digits=[
+                DigitReading(
+                    digit=p.digit,
+                    confidence=p.confidence,
+                    top_k=[TopK(digit=d, prob=q) for d, q in p.top_k],
+                    box=list(cut.box),
+                )
+                for cut, (_, p) in answers
+            ],
+            model_id=model_id,
+            latency_ms=(time.perf_counter() - start) * 1000,
+        )
+
+    async def _read_digits(
+        self, data: bytes, invert: bool | None, tta: bool | None
+    ) -> list[tuple[DigitCut, tuple[str, Prediction]]]:
+        try:
+            slots: list[Slot] = await self.preprocess.segment.remote(data, invert)
+            cuts = flatten(slots)
+            answers: list[Answer] = await self.model.predict.remote(
+                [c.image for c in cuts], [tta] * len(cuts)
+            )
+        except Exception as exc:  # a HandaiError raised in another deployment arrives wrapped
+            cause = _handai_cause(exc)
+            raise (cause or exc) from None
+        read: list[tuple[str, Prediction]] = []
+        for answer in answers:
+            if isinstance(answer, HandaiError):
+                raise answer
+            read.append(answer)
+        return choose(slots, read, lambda a: a[1].confidence)
 
     async def _read_batch(self, jobs: list[ReadJob]) -> list[Reading]:
         """One Preprocess call and one Model call for every read queued together.

@@ -14,6 +14,7 @@ from ray.serve.metrics import Histogram
 from deployments.metrics import stage_histogram
 from handai.config import load_settings
 from handai.errors import HandaiError
+from handai.numbers import Slot, segment
 from handai.preprocess import Prepared, preprocess
 
 
@@ -43,3 +44,10 @@ class Preprocess:
         for _ in uploads:  # every read in the batch waited for all of it
             self.stage.observe(batch_ms, tags={"stage": "preprocess"})
         return out
+
+    def segment(self, upload: bytes, invert: bool | None) -> list[Slot]:
+        """A whole number: every digit's candidate inputs (see handai.numbers)."""
+        start = time.perf_counter()
+        slots = segment(upload, max_side=self.max_side, invert=invert)
+        self.stage.observe((time.perf_counter() - start) * 1000, tags={"stage": "segment"})
+        return slots

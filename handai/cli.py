@@ -29,6 +29,18 @@ def format_reply(answer: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_number(answer: dict[str, Any]) -> str:
+    """The bot's reply text for a /v1/read/number answer: the number, then a line a digit."""
+    lines = [f"Number: {answer['number']} ({answer['confidence']:.1%} confidence)"]
+    for n, d in enumerate(answer["digits"], 1):
+        top = ", ".join(f"{t['digit']}={t['prob']:.3f}" for t in d["top_k"])
+        lines.append(f"Digit {n}: {d['digit']} ({d['confidence']:.1%} confidence); Top-3: {top}")
+    lines.append(f"Model: {answer['model_id']}")
+    if answer.get("uncertain"):
+        lines.append(LOW_CONFIDENCE_HINT)
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="handai", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     read.add_argument("--url", default=os.environ.get("HANDAI_URL", "http://127.0.0.1:8081"))
     read.add_argument("--tta", action="store_true", help="average 9 shifted/rotated views")
     read.add_argument("--api-key", default=os.environ.get("HANDAI_API_KEY"))
+    read.add_argument("--number", action="store_true", help="read every digit of a number")
     args = parser.parse_args(argv)
     try:
         data = args.image.read_bytes()
@@ -47,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {"tta": "true"} if args.tta else {}
     try:
         resp = httpx.post(
-            f"{args.url.rstrip('/')}/v1/read",
+            f"{args.url.rstrip('/')}/v1/read" + ("/number" if args.number else ""),
             files={"file": (args.image.name, data)},
             params=params,
             headers=headers,
@@ -63,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         message = body.get("message", resp.text[:200])
         print(f"error: {body.get('code', resp.status_code)}: {message}", file=sys.stderr)
         return 1
-    print(format_reply(body))
+    print(format_number(body) if args.number else format_reply(body))
     return 0
 
 

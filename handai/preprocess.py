@@ -73,8 +73,9 @@ def preprocess(data: bytes, *, max_side: int = 1024, invert: bool | None = None)
     )
 
 
-def decode(data: bytes, *, max_side: int) -> NDArray[np.uint8]:
-    """Bytes -> 2-D grayscale uint8, dark ink on light paper as uploaded (not yet inverted)."""
+def decode(data: bytes, *, max_side: int, work_side: int = WORK_SIDE) -> NDArray[np.uint8]:
+    """Bytes -> 2-D grayscale uint8, dark ink on light paper as uploaded (not yet inverted),
+    reduced to at most `work_side` pixels a side."""
     if not data:
         raise HandaiError("invalid_image", "expected image bytes, got an empty upload")
     try:
@@ -90,7 +91,7 @@ def decode(data: bytes, *, max_side: int) -> NDArray[np.uint8]:
             _check_size(img.size, max_side)
             if fmt in ("JPEG", "MPO"):
                 # Let libjpeg decode at 1/2..1/8 scale: most of the 20 ms budget on photos.
-                img.draft("L", (WORK_SIDE, WORK_SIDE))
+                img.draft("L", (work_side, work_side))
             img.load()
             gray = _to_gray(ImageOps.exif_transpose(img))
     except HandaiError:
@@ -99,7 +100,7 @@ def decode(data: bytes, *, max_side: int) -> NDArray[np.uint8]:
         raise HandaiError("too_large", "image has too many pixels (decompression bomb)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise HandaiError("invalid_image", f"could not decode the image: {exc}") from None
-    return _reduce(gray)
+    return _reduce(gray, work_side)
 
 
 def _check_size(size: tuple[int, int], max_side: int) -> None:
@@ -130,11 +131,11 @@ def _to_gray(img: Image.Image) -> NDArray[np.uint8]:
     return np.asarray(img.convert("L"), dtype=np.uint8)
 
 
-def _reduce(gray: NDArray[np.uint8]) -> NDArray[np.uint8]:
+def _reduce(gray: NDArray[np.uint8], work_side: int) -> NDArray[np.uint8]:
     side = max(gray.shape)
-    if side <= WORK_SIDE:
+    if side <= work_side:
         return np.ascontiguousarray(gray)
-    factor = math.ceil(side / WORK_SIDE)
+    factor = math.ceil(side / work_side)
     small = Image.fromarray(gray).reduce(factor)  # box filter: keeps thin strokes as grey
     reduced: NDArray[np.uint8] = np.asarray(small, dtype=np.uint8)
     return reduced
@@ -181,12 +182,34 @@ def otsu(gray: NDArray[np.uint8]) -> int:
     return int(level)
 
 
+@dataclass(frozen=True)
+class Ink:
+    """Where the ink is, before any of it is set aside as not the digit's."""
+
+    values: NDArray[np.float32]  # scans: strength in [0, 1]; photos: darkening vs the paper
+    mask: NDArray[np.bool_]  # ink pixels, every piece of them
+    photo: bool  # values still need scaling to the kept ink's own darkness
+
+
 def prepare_pixels(gray: NDArray[np.uint8]) -> tuple[NDArray[np.float32], float]:
     """Dark-on-light grayscale -> 28x28 ink intensities in [0, 1] (1 = ink), and the deskew."""
+    ink = find_ink(gray)
+    return digit_pixels(strength_of(ink, keep_digit(ink.mask)))
+
+
+def find_ink(gray: NDArray[np.uint8], line_reach: tuple[float, float] = (1 / 3, 1 / 3)) -> Ink:
+    """Ink against paper, the way the image calls for; raises when there is none.
+
+    `line_reach`: how long a faint straight stroke must be to be a ruled line (see
+    remove_lines); a row of digits, where a light 1 is as tall as the image, needs more.
+    """
     if int(gray.max()) - int(gray.min()) < MIN_CONTRAST:
         raise HandaiError("preprocessing_failed", "no ink found: the image is blank or uniform")
-    small = max(gray.shape) <= SCAN_SIDE
-    strength = scan_strength(gray) if small else photo_strength(gray)
+    return scan_ink(gray) if max(gray.shape) <= SCAN_SIDE else photo_ink(gray, line_reach)
+
+
+def digit_pixels(strength: NDArray[np.float32]) -> tuple[NDArray[np.float32], float]:
+    """One digit's ink strength (anywhere in a larger frame) -> its 28x28 input and deskew."""
     rows, cols = np.nonzero(strength > 0.0)
     if rows.size == 0:
         raise HandaiError("preprocessing_failed", "no ink found: the image is blank or uniform")
@@ -195,24 +218,21 @@ def prepare_pixels(gray: NDArray[np.uint8]) -> tuple[NDArray[np.float32], float]
     return place(fit(crop)), angle
 
 
-def scan_strength(gray: NDArray[np.uint8]) -> NDArray[np.float32]:
+def scan_ink(gray: NDArray[np.uint8]) -> Ink:
     """Small images on a flat background: one Otsu level splits ink from paper."""
     level = otsu(gray)
     mask = gray <= level
     _check_fraction(mask)
-    keep = keep_digit(mask)
     paper = float(np.median(gray[~mask]))
     ink_level = float(np.percentile(gray[mask], 10))
     strength = np.clip((paper - gray.astype(np.float32)) / max(paper - ink_level, 1.0), 0.0, 1.0)
-    # Anti-aliased edges sit just outside the Otsu mask: keep a one-pixel rim around kept ink.
-    rim: NDArray[np.float32] = strength * ndimage.binary_dilation(keep, structure=_EIGHT)
-    return rim
+    return Ink(strength.astype(np.float32), mask, photo=False)
 
 
-def photo_strength(gray: NDArray[np.uint8]) -> NDArray[np.float32]:
+def photo_ink(gray: NDArray[np.uint8], line_reach: tuple[float, float] = (1 / 3, 1 / 3)) -> Ink:
     """Photos and screenshots: how much darker each pixel is than the paper around it."""
     darkening = flatten(gray)
-    darkening = remove_lines(darkening)
+    darkening = remove_lines(darkening, line_reach)
     ink_level = float(np.percentile(darkening, 99.9))
     if ink_level < MIN_STRENGTH:
         raise HandaiError(
@@ -222,10 +242,17 @@ def photo_strength(gray: NDArray[np.uint8]) -> NDArray[np.float32]:
     # A share of the ink's own darkness: a small pencil digit has too few pixels for Otsu.
     mask = darkening > max(0.35 * ink_level, _noise_floor(darkening))
     _check_fraction(mask)
-    keep = keep_digit(mask)
-    ink_ref = float(np.percentile(darkening[keep], 90))
-    strength = np.clip(darkening / max(ink_ref, 1e-3), 0.0, 1.0)
-    strength[strength < FAINT] = 0.0  # JPEG ringing beside a stroke: not part of it
+    return Ink(darkening, mask, photo=True)
+
+
+def strength_of(ink: Ink, keep: NDArray[np.bool_]) -> NDArray[np.float32]:
+    """The kept pieces' ink strength in [0, 1], zero elsewhere."""
+    strength = ink.values
+    if ink.photo:
+        ink_ref = float(np.percentile(ink.values[keep], 90))
+        strength = np.clip(ink.values / max(ink_ref, 1e-3), 0.0, 1.0)
+        strength[strength < FAINT] = 0.0  # JPEG ringing beside a stroke: not part of it
+    # Anti-aliased edges sit just outside the mask: keep a one-pixel rim around kept ink.
     rim: NDArray[np.float32] = strength * ndimage.binary_dilation(keep, structure=_EIGHT)
     return rim
 
@@ -261,16 +288,19 @@ def _divide(level: NDArray[np.float32], background: NDArray[np.float32]) -> NDAr
     return darkening
 
 
-def remove_lines(darkening: NDArray[np.float32]) -> NDArray[np.float32]:
+def remove_lines(
+    darkening: NDArray[np.float32], reach: tuple[float, float] = (1 / 3, 1 / 3)
+) -> NDArray[np.float32]:
     """Zero ruled and grid lines: long, nearly straight, and fainter than the ink.
 
     A slightly tilted line is first thickened across its direction, then found by an opening
-    with a long bar (a third of the image).
+    with a long bar (`reach`: a share of the width for rules, of the height for grid lines).
     """
     h, w = darkening.shape
     ink_level = float(np.percentile(darkening, 99.9))
     lines = np.zeros_like(darkening)
-    for length, across, along in ((w // 3, (1, 7), (w // 3, 1)), (h // 3, (7, 1), (1, h // 3))):
+    along_x, along_y = int(w * reach[0]), int(h * reach[1])
+    for length, across, along in ((along_x, (1, 7), (along_x, 1)), (along_y, (7, 1), (1, along_y))):
         if length < 16:
             continue
         thick = cv2.dilate(darkening, cv2.getStructuringElement(cv2.MORPH_RECT, across))

@@ -129,6 +129,16 @@ def test_ctrl_c_kill_9_and_make_stop_all_leave_a_clean_start(run: Run) -> None:
     run.assert_clean()
 
 
+def test_make_stop_beside_a_running_serve_ends_that_serve_too(run: Run) -> None:
+    """Left alive, the old `make serve` would stop the next cluster from this folder when a
+    later signal (its terminal closing) reached it."""
+    first = run.serve()
+    stopped = subprocess.run(run.command("stop"), cwd=ROOT, capture_output=True, text=True)
+    assert stopped.returncode == 0, stopped.stderr
+    first.wait(timeout=30)  # killed: it does not linger asleep
+    run.assert_clean()
+
+
 def test_a_second_serve_of_the_same_project_is_refused(run: Run) -> None:
     first = run.serve()
     try:

@@ -5,7 +5,8 @@
 Prints accuracy, ECE (15 bins), the uncertain rate and the confusion matrix, with TTA off
 and on, for the MNIST test set (each digit encoded as a PNG, as the bot would send it), for
 hwd1000, and for uploads rendered by train.wild from both (photos, pencil under shadows,
-screenshots, tight crops), where it also counts refusals and confident mistakes.
+screenshots, tight crops), where it also counts refusals and confident mistakes; and whole
+numbers rendered by train.numbers (clean and photographed), read exactly or not.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from PIL import Image
 from handai import registry
 from handai.errors import HandaiError
 from handai.inference import Engine, bf16_faster
+from handai.numbers import choose, flatten, segment
 from handai.preprocess import preprocess
-from train import wild
+from train import numbers, wild
 from train.data import read_raw
 from train.temperature import ece
 
@@ -119,6 +121,33 @@ def report(name: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def evaluate_numbers(engine: Engine, uploads: list[numbers.NumberUpload]) -> dict[str, Any]:
+    """Whole numbers through /v1/read/number's path: exact matches, refusals, examples."""
+    exact, refused, wrong = 0, 0, []
+    for upload in uploads:
+        try:
+            slots = segment(upload.data)
+        except HandaiError:
+            refused += 1
+            continue
+        cuts = flatten(slots)
+        pixels = np.concatenate([c.image.pixels for c in cuts])
+        read = choose(slots, engine.predict(pixels, [False] * len(cuts)), lambda p: p.confidence)
+        got = "".join(str(p.digit) for _, p in read)
+        if got == upload.number:
+            exact += 1
+        else:
+            wrong.append((upload.number, got, upload.touching))
+    n = len(uploads)
+    return {
+        "n": n,
+        "exact": exact / n,
+        "refused": refused / n,
+        "with_touching_pair": sum(u.touching for u in uploads) / n,
+        "misread": wrong[:20],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__)
     parser.add_argument("--model", type=Path, required=True, help="a model folder")
@@ -127,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.85)
     parser.add_argument("--examples", type=Path, help="a folder for PNGs of misread uploads")
     parser.add_argument("--wild", type=int, default=500, help="rendered uploads per style")
+    parser.add_argument("--numbers", type=int, default=300, help="rendered numbers per style")
     args = parser.parse_args(argv)
     loaded = registry.load(args.model.parent, args.model.name)
     engine = Engine(
@@ -149,6 +179,18 @@ def main(argv: list[str] | None = None) -> int:
             results[key] = evaluate(engine, blobs, labels, tta)
             results[key]["seconds"] = time.perf_counter() - start
             print(report(key, results[key]), flush=True)
+    if args.numbers:
+        digits, labels = wild.sources(args.data)
+        for style in numbers.STYLES:
+            uploads = list(numbers.render(style, digits, labels, args.numbers))
+            key = f"numbers_{style}"
+            results[key] = evaluate_numbers(engine, uploads)
+            print(
+                f"{key}: {results[key]['exact']:.2%} read exactly of {len(uploads)} "
+                f"(2-6 digits, {results[key]['with_touching_pair']:.0%} with a touching pair), "
+                f"refused {results[key]['refused']:.2%}",
+                flush=True,
+            )
     if args.examples:
         args.examples.mkdir(parents=True, exist_ok=True)
         for set_name, (blobs, _) in sets.items():

@@ -1,0 +1,164 @@
+"""Whole numbers: segmentation on the cleaned image (handai.numbers), POST /v1/read/number over
+real HTTP, and `handai read --number`."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from PIL import Image
+
+from handai.errors import HandaiError
+from handai.numbers import MAX_DIGITS, choose, flatten, segment
+from tests.conftest import API_KEY, Service
+from tests.images import HWD
+
+
+def tile(digit: str, k: int = 3) -> NDArray[np.uint8]:
+    return np.asarray(Image.open(sorted(HWD.glob(f"{digit}-*.png"))[k]).convert("L"))
+
+
+def png(img: NDArray[np.uint8]) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def row(tiles: list[NDArray[np.uint8]], gap: int = 6, scale: int = 1) -> NDArray[np.uint8]:
+    """Tiles side by side on white (a negative gap overlaps them, darkest ink wins)."""
+    h = tiles[0].shape[0]
+    width = sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1) + 20
+    out = np.full((h + 20, width), 255, np.uint8)
+    x = 10
+    for t in tiles:
+        region = out[10 : 10 + h, x : x + t.shape[1]]
+        np.minimum(region, t, out=region)
+        x += t.shape[1] + gap
+    if scale > 1:
+        out = np.asarray(Image.fromarray(out).resize((out.shape[1] * scale, out.shape[0] * scale)))
+    return out
+
+
+def number_png(digits: str, **kw: int) -> bytes:
+    return png(row([tile(d) for d in digits], **kw))
+
+
+def test_digits_come_in_reading_order_with_boxes_in_upload_pixels() -> None:
+    img = row([tile(d) for d in "4096"], scale=4)  # 4x: boxes must scale back
+    slots = segment(png(img))
+    assert len(slots) == 4
+    xs = [s.whole.box[0] for s in slots]
+    assert xs == sorted(xs)
+    for slot in slots:
+        x, y, w, h = slot.whole.box
+        assert x >= 0 and x + w <= img.shape[1] and y >= 0 and y + h <= img.shape[0]
+        assert h > 40  # the 4x upload's pixels, not the working copy's
+        assert slot.whole.image.pixels.shape == (1, 1, 28, 28)
+
+
+def test_a_digit_broken_in_two_stacked_pieces_stays_one_digit() -> None:
+    eight = tile("8").copy()
+    ys = np.nonzero((eight < 128).any(axis=1))[0]
+    middle = (ys.min() + ys.max()) // 2
+    eight[middle - 1 : middle + 2] = 255  # a gap across the waist: two loops, one digit
+    slots = segment(png(row([tile("2"), eight, tile("3")])))
+    assert len(slots) == 3
+
+
+def test_specks_are_not_digits() -> None:
+    img = row([tile(d) for d in "57"])
+    img[2:4, -5:-3] = 0  # a dot in the corner
+    assert len(segment(png(img))) == 2
+
+
+def zeros(centres: list[int]) -> bytes:
+    """Pen-drawn zeros at these x positions (36 px wide: centres 34 apart touch)."""
+    img = np.full((100, max(centres) + 40), 255, np.uint8)
+    for x in centres:
+        cv2.ellipse(img, (x, 50), (15, 30), 0, 0, 360, 0, 5)
+    return png(img)
+
+
+def test_touching_digits_get_a_split_to_choose() -> None:
+    """Two digits that touch: the wide piece is offered whole and split in two."""
+    slots = segment(zeros([30, 64, 130]))
+    assert [len(s.split) for s in slots] == [2, 0], [s.whole.box for s in slots]
+
+
+def test_choose_takes_the_split_only_when_its_digits_are_surer() -> None:
+    slots = segment(zeros([30, 64, 130]))
+    wide = next(s for s in slots if s.split)
+    assert len(flatten([wide])) == 3  # the whole, then its two halves
+    whole_sure = choose([wide], [0.99, 0.6, 0.7], lambda a: a)
+    assert [cut for cut, _ in whole_sure] == [wide.whole]
+    split_sure = choose([wide], [0.3, 0.95, 0.9], lambda a: a)
+    assert [cut for cut, _ in split_sure] == list(wide.split)
+
+
+@pytest.mark.parametrize(
+    ("image", "fragment"),
+    [
+        (np.full((60, 200), 255, np.uint8), "no ink"),
+        (row([tile(str(d % 10)) for d in range(MAX_DIGITS + 1)]), "expected 1-12 digits"),
+    ],
+    ids=["blank", "thirteen-digits"],
+)
+def test_no_digits_or_too_many_is_preprocessing_failed(
+    image: NDArray[np.uint8], fragment: str
+) -> None:
+    with pytest.raises(HandaiError) as refused:
+        segment(png(image))
+    assert refused.value.code == "preprocessing_failed" and fragment in refused.value.message
+
+
+def test_read_number_over_http(service: Service) -> None:
+    with service.client() as c:
+        resp = c.post("/v1/read/number", files={"file": ("n.png", number_png("4096"), "image/png")})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert set(body) == {"number", "confidence", "uncertain", "digits", "model_id", "latency_ms"}
+    assert isinstance(body["number"], str) and len(body["number"]) == 4
+    product = float(np.prod([d["confidence"] for d in body["digits"]]))
+    assert body["confidence"] == pytest.approx(product)
+    assert body["uncertain"] == any(d["confidence"] < 0.85 for d in body["digits"])
+    for digit in body["digits"]:
+        assert set(digit) == {"digit", "confidence", "top_k", "box"} and len(digit["box"]) == 4
+        assert len(digit["top_k"]) == 3
+    assert body["model_id"] == c.get("/v1/models/active").json()["model_id"]
+
+
+def test_read_number_errors_match_read(service: Service) -> None:
+    blank = png(np.full((60, 200), 255, np.uint8))
+    with service.client() as c:
+        failed = c.post("/v1/read/number", files={"file": ("b.png", blank, "image/png")})
+        assert failed.status_code == 400 and failed.json()["code"] == "preprocessing_failed"
+        wrong = c.post("/v1/read/number", files={"image": ("b.png", blank, "image/png")})
+        assert wrong.status_code == 400 and wrong.json()["code"] == "malformed_multipart"
+    with httpx.Client(base_url=service.secure_url, timeout=60) as c:
+        files = {"file": ("n.png", number_png("12"), "image/png")}
+        assert c.post("/v1/read/number", files=files).status_code == 401
+        ok = c.post("/v1/read/number", files=files, headers={"X-Api-Key": API_KEY})
+        assert ok.status_code == 200, ok.text
+
+
+def test_cli_reads_a_number(service: Service, tmp_path: Path) -> None:
+    image = tmp_path / "n.png"
+    image.write_bytes(number_png("4096"))
+    done = subprocess.run(
+        [sys.executable, "-m", "handai.cli", "read", str(image), "--number", "--url", service.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    first, *rest = done.stdout.splitlines()
+    assert first.startswith("Number: ") and "% confidence)" in first
+    assert sum(line.startswith("Digit ") for line in rest) == 4

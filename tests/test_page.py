@@ -1,0 +1,124 @@
+"""The try-it page at / in a real browser: Debian's chromium, headless, driven by Selenium
+through Debian's chromedriver (the Makefile installs both), on a phone-sized window."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service as DriverService
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions as ready
+from selenium.webdriver.support.wait import WebDriverWait
+
+from tests.conftest import API_KEY, ROOT, Service
+from tests.images import HWD
+
+SHOTS = ROOT / "artifacts" / "page"
+
+
+def number_png(digits: str, path: Path) -> Path:
+    """hwd1000 digits side by side on white, as a drawn number."""
+    tiles = [np.asarray(Image.open(sorted(HWD.glob(f"{d}-*.png"))[3]).convert("L")) for d in digits]
+    gap = np.full((tiles[0].shape[0], 6), 255, np.uint8)
+    row = np.concatenate([part for tile in tiles for part in (tile, gap)][:-1], axis=1)
+    buf = io.BytesIO()
+    Image.fromarray(np.pad(row, 10, constant_values=255)).save(buf, "PNG")
+    path.write_bytes(buf.getvalue())
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert chromium and driver, "chromium is not installed: run `make test`, which installs it"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(arg)
+    options.add_argument("--window-size=390,1400")  # a phone's width
+    session = webdriver.Chrome(service=DriverService(driver), options=options)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+def wait_text(browser: WebDriver, element_id: str) -> str:
+    WebDriverWait(browser, 60).until(
+        lambda b: (
+            b.find_element(By.ID, element_id).text.strip()
+            or b.find_element(By.ID, "error").text.strip()
+        )
+    )
+    error = browser.find_element(By.ID, "error")
+    assert not error.is_displayed(), error.text
+    return str(browser.find_element(By.ID, element_id).text.strip())
+
+
+def upload(browser: WebDriver, path: Path) -> None:
+    field = browser.find_element(By.ID, "file")
+    browser.execute_script("arguments[0].style.display = 'block'", field)
+    field.send_keys(str(path))
+
+
+def test_a_digit_drawn_with_the_mouse_is_read(browser: WebDriver, service: Service) -> None:
+    browser.get(f"{service.url}/")
+    canvas = browser.find_element(By.ID, "canvas")
+    w, h = canvas.size["width"], canvas.size["height"]
+    assert w <= 390  # fits a phone's screen
+    # A 7: the top bar left to right, then the stem down and to the left.
+    stroke = ActionChains(browser)
+    stroke.move_to_element_with_offset(canvas, int(-0.28 * w), int(-0.3 * h)).click_and_hold()
+    for _ in range(10):
+        stroke.move_by_offset(int(0.056 * w), 0)
+    for _ in range(12):
+        stroke.move_by_offset(int(-0.022 * w), int(0.054 * h))
+    stroke.release().perform()
+    browser.find_element(By.ID, "read").click()
+    assert wait_text(browser, "answer") == "7"
+    bars = browser.find_elements(By.CSS_SELECTOR, "#bars .bar")
+    assert len(bars) == 10
+    assert browser.find_element(By.ID, "top3").text.startswith("7 (")
+    preview = browser.find_element(By.ID, "preview").get_attribute("src") or ""
+    assert preview.startswith("data:image/png;base64,")  # the 28x28 the model saw
+    browser.save_screenshot(str(SHOTS / "drawn-digit.png"))
+
+
+def test_an_uploaded_photo_is_read(browser: WebDriver, service: Service) -> None:
+    browser.get(f"{service.url}/")
+    upload(browser, sorted(HWD.glob("3-*.png"))[5])
+    assert wait_text(browser, "answer") == "3"
+    assert "confidence" in browser.find_element(By.ID, "confidence").text
+
+
+def test_a_whole_number_is_read(browser: WebDriver, service: Service, tmp_path: Path) -> None:
+    browser.get(f"{service.url}/")
+    browser.find_element(By.ID, "mode-number").click()
+    assert browser.find_element(By.ID, "canvas").get_attribute("width") == "560"
+    upload(browser, number_png("4096", tmp_path / "number.png"))
+    assert wait_text(browser, "number") == "4096"
+    rows = browser.find_elements(By.CSS_SELECTOR, "#number-digits tr")
+    assert len(rows) == 4
+    browser.save_screenshot(str(SHOTS / "number.png"))
+
+
+def test_the_key_field_reaches_a_service_that_wants_one(
+    browser: WebDriver, service: Service
+) -> None:
+    browser.get(f"{service.secure_url}/")
+    upload(browser, sorted(HWD.glob("3-*.png"))[5])
+    WebDriverWait(browser, 60).until(ready.visibility_of_element_located((By.ID, "error")))
+    assert "unauthorized" in browser.find_element(By.ID, "error").text
+    browser.find_element(By.ID, "api-key").send_keys(API_KEY)
+    upload(browser, sorted(HWD.glob("3-*.png"))[5])
+    WebDriverWait(browser, 60).until(lambda b: b.find_element(By.ID, "answer").text.strip() == "3")
