@@ -181,12 +181,12 @@ def main(argv: list[str] | None = None) -> int:
             print(report(key, results[key]), flush=True)
     if args.numbers:
         digits, labels = wild.sources(args.data)
-        for style in numbers.STYLES:
-            uploads = list(numbers.render(style, digits, labels, args.numbers))
-            key = f"numbers_{style}"
-            results[key] = evaluate_numbers(engine, uploads)
+        for row_style in numbers.STYLES:
+            rows = list(numbers.render(row_style, digits, labels, args.numbers))
+            key = f"numbers_{row_style}"
+            results[key] = evaluate_numbers(engine, rows)
             print(
-                f"{key}: {results[key]['exact']:.2%} read exactly of {len(uploads)} "
+                f"{key}: {results[key]['exact']:.2%} read exactly of {len(rows)} "
                 f"(2-6 digits, {results[key]['with_touching_pair']:.0%} with a touching pair), "
                 f"refused {results[key]['refused']:.2%}",
                 flush=True,
