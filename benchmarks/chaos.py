@@ -54,9 +54,9 @@ class Target:
     dashboard: str
     admin_key: str
 
-    def client(self, **kw: Any) -> httpx.Client:
+    def client(self, timeout: float = 60, **kw: Any) -> httpx.Client:
         return httpx.Client(
-            base_url=self.url, timeout=60, headers={"X-Api-Key": self.admin_key}, **kw
+            base_url=self.url, timeout=timeout, headers={"X-Api-Key": self.admin_key}, **kw
         )
 
 
