@@ -374,6 +374,9 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts/chaos/chaos.json")
     parser.add_argument("--doc", type=Path, help="write the figures as markdown here too")
+    parser.add_argument(
+        "--keep", type=Path, help="an earlier run's JSON: its parts not rerun stay in the report"
+    )
     args = parser.parse_args()
     parts = [p for p in args.only.split(",") if p]
     unknown = set(parts) - set(PARTS)
@@ -391,7 +394,8 @@ def main() -> None:
     max_model_bytes = int(env["DIGITS__MAX_MODEL_MB"]) * 2**20
     service = Service(env)
     target = Target(service.cluster.url, service.cluster.dashboard, admin_key)
-    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    results: dict[str, Any] = json.loads(args.keep.read_text()) if args.keep else {}
+    results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["machine"] = {"cpus": os.cpu_count(), "cpu": _cpu_name()}
     service.cluster.stop()  # as `make bench` does: nothing else of this project running
     live = [p for p in parts if p != "restarts"]

@@ -21,10 +21,16 @@ FIRST_GUESS_S = 0.005  # seconds per read under load until a busy graph has been
 
 
 class Admission:
-    def __init__(self, max_wait_s: float, deadline_s: float, max_pending: int) -> None:
+    def __init__(
+        self, max_wait_s: float, deadline_s: float, max_pending: int, always: int = 0
+    ) -> None:
         self.max_wait_s = max_wait_s
         self.deadline_s = deadline_s
         self.max_pending = max_pending
+        # Up to this many reads (a batch's worth) are always admitted: they ride the next
+        # batch whatever the estimate says, and a stall (a model swap, a slow batch) must not
+        # turn a handful of clients away.
+        self.always = always
         self.pending = 0  # admitted and not yet answered
         self.per_read_s = FIRST_GUESS_S  # graph time per read at the current load
         self.batch_s = 0.0  # how long one batch takes through the graph
@@ -48,6 +54,8 @@ class Admission:
             raise HandaiError(
                 "service_not_ready", "a replica is restarting; retry shortly", retry_after_s=1
             )
+        if self.pending < min(self.always, self.max_pending):
+            return
         wait = self.expected_wait_s()
         if (
             self.pending >= self.max_pending

@@ -181,8 +181,8 @@ class IngressConfig(BaseModel):
     max_batches_in_flight: Annotated[int, Field(ge=1, le=64)] = 2
     # Reads admitted at once per replica; more answer 503 overloaded straight away.
     max_pending_reads: Annotated[int, Field(ge=1)] = 256
-    # A read expected to wait longer than this behind those admitted answers 503 overloaded
-    # at once (as does one that would miss digits.predict_timeout_seconds).
+    # Beyond a batch's worth of reads in flight, a read expected to wait longer than this
+    # answers 503 overloaded at once (as does one that would miss its deadline).
     max_wait_ms: Annotated[float, Field(gt=0.0)] = 200.0
 
 
@@ -363,7 +363,10 @@ class Ingress:
         self.timeout = self.settings.digits.predict_timeout_seconds
         cfg = IngressConfig()
         self.admission = Admission(
-            cfg.max_wait_ms / 1000, self.timeout, max_pending=cfg.max_pending_reads
+            cfg.max_wait_ms / 1000,
+            self.timeout,
+            max_pending=cfg.max_pending_reads,
+            always=cfg.max_batch_size,
         )
         self.reads = Batcher(self._read_batch, cfg.max_batch_size, cfg.max_batches_in_flight)
         self.switching = asyncio.Lock()
@@ -373,6 +376,7 @@ class Ingress:
         cfg = IngressConfig.model_validate(user_config)
         self.admission.max_pending = cfg.max_pending_reads
         self.admission.max_wait_s = cfg.max_wait_ms / 1000
+        self.admission.always = cfg.max_batch_size
         self.reads.max_batch_size = cfg.max_batch_size
         self.reads.max_in_flight = cfg.max_batches_in_flight
 

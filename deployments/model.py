@@ -18,7 +18,7 @@ from deployments.metrics import stage_histogram
 from handai import registry
 from handai.config import Settings, load_settings
 from handai.errors import HandaiError
-from handai.inference import Engine, Prediction, bf16_faster
+from handai.inference import Engine, Prediction, cached_bf16_faster
 from handai.manifest import Manifest
 from handai.preprocess import Prepared, Preprocessed
 
@@ -93,8 +93,8 @@ class Model:
     def _load(self, model_id: str) -> Active:
         # Serve calls reconfigure() one at a time per replica: no lock needed here.
         loaded = registry.load(self.settings.storage.models, model_id)
-        if self._bf16_by_size is None:  # measured once per replica; same arch every time
-            self._bf16_by_size = bf16_faster(loaded.module)
+        if self._bf16_by_size is None:  # measured once per machine; same arch every time
+            self._bf16_by_size = cached_bf16_faster(loaded.module, loaded.manifest.arch)
         engine = Engine(
             loaded.module,
             loaded.manifest.temperature,

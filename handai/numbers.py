@@ -42,6 +42,8 @@ TALL = 0.6  # pieces this share of the row's height or more are digits (or most 
 SAME_COLUMN = 0.8  # two tall pieces join only when they overlap this much (a two-stroke 4)
 NEAR = 0.3  # a broken-off stroke joins a digit at most this share of the row's height away
 SHORT_DIGIT = 0.4  # a piece this share of the row's height, alone, is still a digit
+DIGIT_ASPECT = 0.7  # a typical digit's width over the row's height
+TWO_WAY_CUTS = 3  # places a two-digit piece is offered cut at
 TOO_WIDE = 1.15  # a group this many typical digit widths wide may be touching digits
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -56,37 +58,40 @@ class DigitCut:
 
 @dataclass(frozen=True)
 class Slot:
-    """One place in the row: read as one digit, or (when it is wide enough to be two
-    touching digits) as the digits it splits into; the model's confidence decides."""
+    """One place in the row: read as one digit, or (when it is wide enough to be touching
+    digits) as one of the ways it splits into digits; the model's confidence decides."""
 
     whole: DigitCut
-    split: tuple[DigitCut, ...] = ()
+    splits: tuple[tuple[DigitCut, ...], ...] = ()
 
 
 T = TypeVar("T")
 
 
 def flatten(slots: Sequence[Slot]) -> list[DigitCut]:
-    """Every candidate digit, for one forward pass: each slot's whole, then its split."""
-    return [cut for slot in slots for cut in (slot.whole, *slot.split)]
+    """Every candidate digit, for one forward pass: each slot's whole, then its splits."""
+    return [cut for slot in slots for cut in (slot.whole, *itertools.chain(*slot.splits))]
 
 
 def choose(
     slots: Sequence[Slot], answers: Sequence[T], confidence: Callable[[T], float]
 ) -> list[tuple[DigitCut, T]]:
     """Each slot's digits and their answers, from the answers to `flatten(slots)`: the split
-    when its digits are, on average (geometric mean), surer than the whole read as one."""
+    whose digits are surest on average (geometric mean) when that beats the whole read as
+    one (a merged pair is often read as one digit quite surely: no bar is set for the whole)."""
     chosen: list[tuple[DigitCut, T]] = []
     at = 0
     for slot in slots:
-        whole, parts = answers[at], list(answers[at + 1 : at + 1 + len(slot.split)])
-        at += 1 + len(slot.split)
-        if parts:
+        whole = answers[at]
+        at += 1
+        best, best_mean = None, confidence(whole)
+        for split in slot.splits:
+            parts = list(answers[at : at + len(split)])
+            at += len(split)
             mean = math.exp(sum(math.log(max(confidence(p), 1e-9)) for p in parts) / len(parts))
-            if mean > confidence(whole):
-                chosen += zip(slot.split, parts, strict=True)
-                continue
-        chosen.append((slot.whole, whole))
+            if mean > best_mean:
+                best, best_mean = list(zip(split, parts, strict=True)), mean
+        chosen += best if best is not None else [(slot.whole, whole)]
     return chosen
 
 
@@ -122,7 +127,10 @@ def segment(data: bytes, *, max_side: int = 1024, invert: bool | None = None) ->
         )
         return DigitCut(image, box)
 
-    return [Slot(cut(whole), tuple(cut(p) for p in parts)) for whole, parts in groups]
+    return [
+        Slot(cut(whole), tuple(tuple(cut(p) for p in split) for split in splits))
+        for whole, splits in groups
+    ]
 
 
 def _upload_side(data: bytes) -> int:
@@ -158,9 +166,9 @@ class _Group:
 
 def digit_masks(
     mask: NDArray[np.bool_],
-) -> list[tuple[NDArray[np.bool_], list[NDArray[np.bool_]]]]:
-    """The ink mask -> per digit, left to right: its mask, and the masks it would split into
-    were it touching digits (empty when it is not wide enough to be)."""
+) -> list[tuple[NDArray[np.bool_], list[list[NDArray[np.bool_]]]]]:
+    """The ink mask -> per digit, left to right: its mask, and the ways it would split into
+    touching digits (none when it is not wide enough to be more than one)."""
     labels, count = ndimage.label(mask, structure=_EIGHT)
     if count == 0:
         return []
@@ -175,14 +183,17 @@ def digit_masks(
     row = float(np.median([g.height for g in groups if sizes[g.labels[0] - 1] >= 0.25 * largest]))
     groups = _merge_columns(sorted(groups, key=lambda g: g.x0), row)
     widths = [g.width for g in groups if g.width >= 0.4 * g.height]  # not 1s
-    typical = float(np.median(widths)) if widths else 0.7 * row
+    # Merged pairs inflate the median width; a digit is rarely wider than 0.7 of the row.
+    typical = min(float(np.median(widths)), DIGIT_ASPECT * row) if widths else DIGIT_ASPECT * row
     out = []
     for group in groups:
         piece = np.isin(labels[group.y0 : group.y1, group.x0 : group.x1], group.labels)
-        parts = [_placed(mask, group, piece, a, b) for a, b in _cuts(piece, typical)]
-        parts = [p for p in parts if p.any()]
-        whole = _placed(mask, group, piece, 0, piece.shape[1])
-        out.append((whole, parts if len(parts) > 1 else []))
+        splits = []
+        for bounds in _splits(piece, typical):
+            parts = [_placed(mask, group, piece, a, b) for a, b in itertools.pairwise(bounds)]
+            if all(p.any() for p in parts):
+                splits.append(parts)
+        out.append((_placed(mask, group, piece, 0, piece.shape[1]), splits))
     return out
 
 
@@ -219,14 +230,31 @@ def _merge_columns(groups: list[_Group], row: float) -> list[_Group]:
     return sorted(digits, key=lambda g: g.x0)
 
 
-def _cuts(piece: NDArray[np.bool_], typical: float) -> list[tuple[int, int]]:
-    """Column ranges of the digits in one group: itself, or touching digits split where the
-    vertical ink profile is thinnest near each even division."""
+def _splits(piece: NDArray[np.bool_], typical: float) -> list[list[int]]:
+    """Column boundaries of the ways a group may be touching digits: none when it is about one
+    digit wide. In two: at each of the deepest valleys of the vertical ink profile (a 1 beside
+    a 2 meets it far from the middle). In more: at the thinnest column near each division."""
     width = piece.shape[1]
     if typical <= 0 or width <= TOO_WIDE * typical:
-        return [(0, width)]
+        return []
     n = min(MAX_DIGITS, max(2, round(width / typical)))
-    profile = piece.sum(axis=0)
+    profile = ndimage.uniform_filter1d(piece.sum(axis=0).astype(np.float32), 3)
+    if n == 2:
+        lo, hi = int(0.15 * width), int(0.85 * width)
+        inner = profile[lo:hi]
+        valleys = [
+            lo + i
+            for i in range(1, len(inner) - 1)
+            if inner[i] <= inner[i - 1] and inner[i] <= inner[i + 1]
+        ]
+        valleys.sort(key=lambda x: profile[x])
+        picked: list[int] = []
+        for x in valleys:
+            if all(abs(x - p) > 0.1 * width for p in picked):
+                picked.append(x)
+            if len(picked) == TWO_WAY_CUTS:
+                break
+        return [[0, x, width] for x in sorted(picked)]
     step = width / n
     bounds = [0]
     for k in range(1, n):
@@ -236,4 +264,4 @@ def _cuts(piece: NDArray[np.bool_], typical: float) -> list[tuple[int, int]]:
             continue
         bounds.append(lo + int(np.argmin(profile[lo:hi])))
     bounds.append(width)
-    return list(itertools.pairwise(bounds))
+    return [bounds]

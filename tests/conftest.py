@@ -100,13 +100,13 @@ class Service:
     env: dict[str, str]
     cluster: Cluster
 
-    def client(self, secure: bool = False, **kw: Any) -> httpx.Client:
+    def client(self, secure: bool = False, timeout: float = 60, **kw: Any) -> httpx.Client:
         """The open app with the operator's admin key (reads there need none), or the
         secure app with no key at all."""
         if secure:
-            return httpx.Client(base_url=self.secure_url, timeout=60, **kw)
+            return httpx.Client(base_url=self.secure_url, timeout=timeout, **kw)
         headers = {"X-Api-Key": ADMIN_KEY, **kw.pop("headers", {})}
-        return httpx.Client(base_url=self.url, timeout=60, headers=headers, **kw)
+        return httpx.Client(base_url=self.url, timeout=timeout, headers=headers, **kw)
 
     def serve_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -111,3 +111,13 @@ def test_with_no_live_replica_one_read_probes_and_the_rest_are_told_to_retry() -
     assert not adm.down
     adm.admit()
     adm.admit()
+
+
+def test_a_batch_worth_of_reads_is_admitted_whatever_the_estimate() -> None:
+    """A model swap stalls the graph for a moment: four clients must not be turned away."""
+    adm = Admission(max_wait_s=0.2, deadline_s=5.0, max_pending=256, always=32)
+    adm.per_read_s = 1.0  # a stall: every read looks like a second's work
+    for _ in range(32):
+        adm.admit()
+    with pytest.raises(HandaiError):
+        adm.admit()

@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from handai import inference
 from handai.inference import N_VIEWS, Engine, bf16_faster, tta_views
 from handai.model import build_model
 from handai.preprocess import BACKGROUND
@@ -87,3 +90,20 @@ def test_precision_choice_is_measured_per_batch_size() -> None:
 def test_mismatched_flags_are_rejected(engine: Engine) -> None:
     with pytest.raises(ValueError, match="tta flag"):
         engine.predict(np.zeros((2, 1, 28, 28), np.float32), [True])
+
+
+def test_the_precision_choice_is_remembered_per_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inference, "CACHE", tmp_path)
+    module = build_model().eval()
+    first = inference.cached_bf16_faster(module, "resnet18")
+    assert list(tmp_path.glob("precision-*.json"))
+    calls: list[object] = []
+
+    def measure(module: object) -> dict[int, bool]:
+        calls.append(module)
+        return {}
+
+    monkeypatch.setattr(inference, "bf16_faster", measure)
+    assert inference.cached_bf16_faster(module, "resnet18") == first and calls == []

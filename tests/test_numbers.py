@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from handai.errors import HandaiError
-from handai.numbers import MAX_DIGITS, choose, flatten, segment
+from handai.numbers import MAX_DIGITS, Slot, choose, flatten, segment
 from tests.conftest import API_KEY, Service
 from tests.images import HWD
 
@@ -89,17 +89,18 @@ def zeros(centres: list[int]) -> bytes:
 def test_touching_digits_get_a_split_to_choose() -> None:
     """Two digits that touch: the wide piece is offered whole and split in two."""
     slots = segment(zeros([30, 64, 130]))
-    assert [len(s.split) for s in slots] == [2, 0], [s.whole.box for s in slots]
+    assert len(slots) == 2 and slots[0].splits and not slots[1].splits
+    assert all(len(split) == 2 for split in slots[0].splits)
 
 
 def test_choose_takes_the_split_only_when_its_digits_are_surer() -> None:
     slots = segment(zeros([30, 64, 130]))
-    wide = next(s for s in slots if s.split)
-    assert len(flatten([wide])) == 3  # the whole, then its two halves
-    whole_sure = choose([wide], [0.99, 0.6, 0.7], lambda a: a)
+    wide = Slot(slots[0].whole, slots[0].splits[:2])
+    assert len(flatten([wide])) == 5  # the whole, then two ways of halving it
+    whole_sure = choose([wide], [0.99, 0.6, 0.7, 0.9, 0.5], lambda a: a)
     assert [cut for cut, _ in whole_sure] == [wide.whole]
-    split_sure = choose([wide], [0.3, 0.95, 0.9], lambda a: a)
-    assert [cut for cut, _ in split_sure] == list(wide.split)
+    second_sure = choose([wide], [0.3, 0.6, 0.7, 0.95, 0.9], lambda a: a)
+    assert [cut for cut, _ in second_sure] == list(wide.splits[1])
 
 
 @pytest.mark.parametrize(
@@ -121,6 +122,7 @@ def test_no_digits_or_too_many_is_preprocessing_failed(
 def test_read_number_over_http(service: Service) -> None:
     with service.client() as c:
         resp = c.post("/v1/read/number", files={"file": ("n.png", number_png("4096"), "image/png")})
+        active = c.get("/v1/models/active").json()["model_id"]
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert set(body) == {"number", "confidence", "uncertain", "digits", "model_id", "latency_ms"}
@@ -131,7 +133,7 @@ def test_read_number_over_http(service: Service) -> None:
     for digit in body["digits"]:
         assert set(digit) == {"digit", "confidence", "top_k", "box"} and len(digit["box"]) == 4
         assert len(digit["top_k"]) == 3
-    assert body["model_id"] == c.get("/v1/models/active").json()["model_id"]
+    assert body["model_id"] == active
 
 
 def test_read_number_errors_match_read(service: Service) -> None:
