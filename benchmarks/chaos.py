@@ -83,8 +83,8 @@ def read_once(c: httpx.Client, data: bytes) -> httpx.Response:
 class Hammer:
     """`clients` threads reading in closed loops (a refused read waits its Retry-After)."""
 
-    def __init__(self, target: Target, data: bytes, clients: int) -> None:
-        self.target, self.data = target, data
+    def __init__(self, target: Target, data: bytes, clients: int, pause_s: float = 0.0) -> None:
+        self.target, self.data, self.pause_s = target, data, pause_s
         self.outcomes: list[tuple[float, int, str]] = []  # (time, status, code)
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._run) for _ in range(clients)]
@@ -101,6 +101,8 @@ class Hammer:
                 self.outcomes.append((time.monotonic(), r.status_code, code))
                 if r.status_code == 503:
                     time.sleep(float(r.headers.get("retry-after", "1")))
+                elif self.pause_s:
+                    time.sleep(self.pause_s)
 
     def __enter__(self) -> Hammer:
         for t in self.threads:
@@ -240,10 +242,12 @@ def replica_rss_mb(target: Target) -> dict[str, float]:
 
 
 def part_soak(target: Target, minutes: float, clients: int = 4) -> dict[str, Any]:
+    """Moderate load: each client reads about five times a second (~20 reads/s in all,
+    about a tenth of capacity), for `minutes`, with the replicas' memory sampled."""
     seven = (HWD / "7-001.png").read_bytes()
     samples: list[dict[str, Any]] = []
     end = time.monotonic() + minutes * 60
-    with Hammer(target, seven, clients) as hammer:
+    with Hammer(target, seven, clients, pause_s=0.2) as hammer:
         time.sleep(min(60.0, minutes * 60 / 4))  # warm: caches, allocator pools
         while True:
             samples.append(
@@ -261,6 +265,7 @@ def part_soak(target: Target, minutes: float, clients: int = 4) -> dict[str, Any
     return {
         "minutes": minutes,
         "clients": clients,
+        "reads_per_s": round(len(hammer.outcomes) / (minutes * 60), 1),
         "reads": hammer.counts(),
         "rss_mb_first": first,
         "rss_mb_last": last,

@@ -107,7 +107,8 @@ def render(r: dict[str, Any]) -> str:
         ]
     if s := r.get("soak"):
         out += [
-            f"## Soak: {s['minutes']} minutes, {s['clients']} clients",
+            f"## Soak: {s['minutes']} minutes, {s['clients']} clients, "
+            f"{s.get('reads_per_s')} reads/s",
             "",
             f"Reads: {s['reads']}. Replica memory (RSS, MB) first {s['rss_mb_first']}, "
             f"last {s['rss_mb_last']}; growth % {s['growth_pct']}.",
