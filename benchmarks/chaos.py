@@ -152,7 +152,7 @@ def part_overload(target: Target, seconds: float) -> dict[str, Any]:
 def install_copy(target: Target, model_id: str) -> None:
     """The shipped model again under another id: something to swap to."""
     seed = seed_model()
-    manifest = json.loads((seed / MANIFEST_FILE).read_text())
+    manifest = {**json.loads((seed / MANIFEST_FILE).read_text()), "model_id": model_id}
     with target.client(timeout=180) as c:
         resp = c.post(
             "/v1/admin/models/upload",
