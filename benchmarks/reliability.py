@@ -42,7 +42,7 @@ def render(r: dict[str, Any]) -> str:
         out += ["## Malicious model uploads", "", _row("upload", "status", "code", "as expected")]
         out.append(_row("---", "---", "---", "---"))
         for name, v in h.items():
-            if not name.startswith("_"):
+            if isinstance(v, dict) and not name.startswith("_"):
                 out.append(_row(name, v["status"], v["code"], v["as_expected"]))
         out += [
             "",

@@ -457,7 +457,7 @@ class Ingress:
         start = time.perf_counter()
         # `center` is kept for the bot's old URLs: centring is what the model was trained on.
         del center
-        self.admission.check()  # before the body is read: a refusal costs almost nothing
+        self.admission.check()  # before the body is read: a refusal does not parse the upload
         form = await read_form(request)
         data = await single_file(form, "file", self.settings.digits.max_image_bytes)
         self.admission.admit()
