@@ -218,6 +218,8 @@ class Cluster:
         if owner is not None and owner != os.getpid():
             # The `make serve` that started it, when `make stop` ends its cluster: left alive,
             # a later signal to it would stop whatever cluster runs from this folder then.
+            # Killed, not asked: asked, it would stop "its" processes, and with --state this
+            # stop's own command line carries the folder that marks them.
             with contextlib.suppress(psutil.Error):
                 proc = psutil.Process(owner)
                 if any("deployments.cluster" in part for part in proc.cmdline()):
