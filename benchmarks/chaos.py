@@ -41,6 +41,7 @@ from benchmarks import fuzz
 from benchmarks.images import UPLOADS
 from benchmarks.load import run_load, run_open_loop
 from deployments.cluster import Cluster, Ports
+from handai.inference import cpu_name
 from handai.registry import MANIFEST_FILE, MODEL_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -401,7 +402,7 @@ def main() -> None:
     target = Target(service.cluster.url, service.cluster.dashboard, admin_key)
     results: dict[str, Any] = json.loads(args.keep.read_text()) if args.keep else {}
     results["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    results["machine"] = {"cpus": os.cpu_count(), "cpu": _cpu_name()}
+    results["machine"] = {"cpus": os.cpu_count(), "cpu": cpu_name()}
     service.cluster.stop()  # as `make bench` does: nothing else of this project running
     live = [p for p in parts if p != "restarts"]
     try:
@@ -439,16 +440,6 @@ def main() -> None:
 
         args.doc.write_text(render(results))
         print(f"wrote {args.doc}")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from handai.inference import cpu_name
+
 STAGE_NAMES = {
     "http_proxy_and_client": "HTTP: client, HAProxy, ingress server",
     "ingress_route": "ingress route (form, response)",
@@ -25,13 +27,7 @@ STAGE_NAMES = {
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_name()
     mem = ""
     meminfo = Path("/proc/meminfo")
     if meminfo.exists():

@@ -12,9 +12,10 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -55,6 +56,7 @@ PAGE = (Path(__file__).parent / "static" / "index.html").read_text(encoding="utf
 REPLICA_GONE = (RayActorError, ActorUnavailableError, DeploymentUnavailableError)
 MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and the manifest around a file
 MANIFEST_LIMIT = 1024 * 1024
+T = TypeVar("T")
 RETRY_WAIT_S = 2.0  # a batch caught by a dying replica is sent once more, for this long
 
 
@@ -457,22 +459,11 @@ class Ingress:
         start = time.perf_counter()
         # `center` is kept for the bot's old URLs: centring is what the model was trained on.
         del center
-        self.admission.check()  # before the body is read: a refusal does not parse the upload
-        form = await read_form(request)
-        data = await single_file(form, "file", self.settings.digits.max_image_bytes)
-        self.admission.admit()
-        try:
-            job = ReadJob(data, invert, tta, visualize, time.perf_counter())
-            reading = await asyncio.wait_for(self.reads.submit(job), timeout=self.timeout)
-        except TimeoutError:
-            # The batch this read joined goes on for the others; a read still queued is dropped.
-            raise HandaiError("timeout", f"no answer within {self.timeout:g} s") from None
-        except BackPressureError:
-            raise HandaiError("overloaded", "too many requests in flight; retry shortly") from None
-        except RequestCancelledError:
-            raise HandaiError("timeout", "the request was cancelled") from None
-        finally:
-            self.admission.release()
+
+        def submit(data: bytes) -> Awaitable[Reading]:
+            return self.reads.submit(ReadJob(data, invert, tta, visualize, time.perf_counter()))
+
+        reading = await self._admitted(request, submit)
         if isinstance(reading.answer, HandaiError):
             raise reading.answer
         model_id, prediction = reading.answer
@@ -499,18 +490,7 @@ class Ingress:
         """1-12 digits written in a row: segmented on the same cleaned image as /v1/read,
         every candidate digit read by the same Model deployment (batched with other reads)."""
         start = time.perf_counter()
-        self.admission.check()
-        form = await read_form(request)
-        data = await single_file(form, "file", self.settings.digits.max_image_bytes)
-        self.admission.admit()
-        try:
-            answers = await asyncio.wait_for(self._read_digits(data, invert, tta), self.timeout)
-        except TimeoutError:
-            raise HandaiError("timeout", f"no answer within {self.timeout:g} s") from None
-        except BackPressureError:
-            raise HandaiError("overloaded", "too many requests in flight; retry shortly") from None
-        finally:
-            self.admission.release()
+        answers = await self._admitted(request, lambda data: self._read_digits(data, invert, tta))
         model_id = answers[0][1][0]
         predictions = [p for _, (_, p) in answers]
         for prediction in predictions:
@@ -532,18 +512,34 @@ class Ingress:
             latency_ms=(time.perf_counter() - start) * 1000,
         )
 
+    async def _admitted(self, request: Request, work: Callable[[bytes], Awaitable[T]]) -> T:
+        """What every read shares: admission (checked before the body is read, so a refusal
+        does not parse the upload), the one `file` part, and the deadline."""
+        self.admission.check()
+        form = await read_form(request)
+        data = await single_file(form, "file", self.settings.digits.max_image_bytes)
+        self.admission.admit()
+        try:
+            return await asyncio.wait_for(work(data), timeout=self.timeout)
+        except TimeoutError:
+            # A batch the read joined goes on for the others; a read still queued is dropped.
+            raise HandaiError("timeout", f"no answer within {self.timeout:g} s") from None
+        except BackPressureError:
+            raise HandaiError("overloaded", "too many requests in flight; retry shortly") from None
+        except RequestCancelledError:
+            raise HandaiError("timeout", "the request was cancelled") from None
+        finally:
+            self.admission.release()
+
     async def _read_digits(
         self, data: bytes, invert: bool | None, tta: bool | None
     ) -> list[tuple[DigitCut, tuple[str, Prediction]]]:
-        try:
-            slots: list[Slot] = await self.preprocess.segment.remote(data, invert)
-            cuts = flatten(slots)
-            answers: list[Answer] = await self.model.predict.remote(
-                [c.image for c in cuts], [tta] * len(cuts)
-            )
-        except Exception as exc:  # a HandaiError raised in another deployment arrives wrapped
-            cause = _handai_cause(exc)
-            raise (cause or exc) from None
+        # A HandaiError raised in another deployment arrives wrapped: the edge unwraps it.
+        slots: list[Slot] = await self.preprocess.segment.remote(data, invert)
+        cuts = flatten(slots)
+        answers: list[Answer] = await self.model.predict.remote(
+            [c.image for c in cuts], [tta] * len(cuts)
+        )
         read: list[tuple[str, Prediction]] = []
         for answer in answers:
             if isinstance(answer, HandaiError):

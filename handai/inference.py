@@ -87,10 +87,7 @@ def cached_bf16_faster(module: nn.Module, arch: str) -> dict[int, bool]:
     """`bf16_faster`, remembered per machine: a restarted replica (a crash, a redeploy) skips
     the seconds of timing runs. Keyed by what decides the answer: the CPU, torch and its
     thread count, and the architecture."""
-    cpu = next(
-        (line for line in _cpuinfo().splitlines() if line.startswith("model name")), "unknown"
-    )
-    key = f"{cpu}|{torch.__version__}|{torch.get_num_threads()}|{arch}|{PRECISION_SIZES}"
+    key = f"{cpu_name()}|{torch.__version__}|{torch.get_num_threads()}|{arch}|{PRECISION_SIZES}"
     path = CACHE / f"precision-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     try:
         return {int(k): bool(v) for k, v in json.loads(path.read_text()).items()}
@@ -105,11 +102,15 @@ def cached_bf16_faster(module: nn.Module, arch: str) -> dict[int, bool]:
     return found
 
 
-def _cpuinfo() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), what decides which kernels are fast."""
     try:
-        return Path("/proc/cpuinfo").read_text()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
-        return platform.processor()
+        pass
+    return platform.processor() or "unknown CPU"
 
 
 def _forward(module: nn.Module, batch: torch.Tensor, bf16: bool) -> torch.Tensor:

@@ -40,6 +40,36 @@ def binary_digit(rng: np.random.Generator) -> NDArray[np.uint8]:
     return np.asarray(img, dtype=np.uint8)
 
 
+def png(img: NDArray[np.uint8]) -> bytes:
+    return encode(Image.fromarray(img))
+
+
+def hwd_tile(digit: str, k: int = 3) -> NDArray[np.uint8]:
+    """The k-th hwd1000 drawing of a digit, dark ink on white, 28x28."""
+    return np.asarray(Image.open(sorted(HWD.glob(f"{digit}-*.png"))[k]).convert("L"))
+
+
+def digit_row(tiles: list[NDArray[np.uint8]], gap: int = 6, scale: int = 1) -> NDArray[np.uint8]:
+    """Tiles side by side on white with a 10-px margin (a negative gap overlaps them, darkest
+    ink wins): a number as drawn."""
+    h = tiles[0].shape[0]
+    width = sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1) + 20
+    out = np.full((h + 20, width), 255, np.uint8)
+    x = 10
+    for t in tiles:
+        region = out[10 : 10 + h, x : x + t.shape[1]]
+        np.minimum(region, t, out=region)
+        x += t.shape[1] + gap
+    if scale > 1:
+        out = np.asarray(Image.fromarray(out).resize((out.shape[1] * scale, out.shape[0] * scale)))
+    return out
+
+
+def number_png(digits: str, **kw: int) -> bytes:
+    """hwd1000 digits in a row, as a PNG upload."""
+    return png(digit_row([hwd_tile(d) for d in digits], **kw))
+
+
 def hwd_files() -> list[Path]:
     return sorted(HWD.glob("*.png"))
 

@@ -3,7 +3,6 @@ real HTTP, and `handai read --number`."""
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 from pathlib import Path
@@ -13,41 +12,13 @@ import httpx
 import numpy as np
 import pytest
 from numpy.typing import NDArray
-from PIL import Image
 
 from handai.errors import HandaiError
 from handai.numbers import MAX_DIGITS, Slot, choose, flatten, segment
 from tests.conftest import API_KEY, Service
-from tests.images import HWD
-
-
-def tile(digit: str, k: int = 3) -> NDArray[np.uint8]:
-    return np.asarray(Image.open(sorted(HWD.glob(f"{digit}-*.png"))[k]).convert("L"))
-
-
-def png(img: NDArray[np.uint8]) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def row(tiles: list[NDArray[np.uint8]], gap: int = 6, scale: int = 1) -> NDArray[np.uint8]:
-    """Tiles side by side on white (a negative gap overlaps them, darkest ink wins)."""
-    h = tiles[0].shape[0]
-    width = sum(t.shape[1] for t in tiles) + gap * (len(tiles) - 1) + 20
-    out = np.full((h + 20, width), 255, np.uint8)
-    x = 10
-    for t in tiles:
-        region = out[10 : 10 + h, x : x + t.shape[1]]
-        np.minimum(region, t, out=region)
-        x += t.shape[1] + gap
-    if scale > 1:
-        out = np.asarray(Image.fromarray(out).resize((out.shape[1] * scale, out.shape[0] * scale)))
-    return out
-
-
-def number_png(digits: str, **kw: int) -> bytes:
-    return png(row([tile(d) for d in digits], **kw))
+from tests.images import digit_row as row
+from tests.images import hwd_tile as tile
+from tests.images import number_png, png
 
 
 def test_digits_come_in_reading_order_with_boxes_in_upload_pixels() -> None:

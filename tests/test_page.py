@@ -3,14 +3,11 @@ through Debian's chromedriver (the Makefile installs both), on a phone-sized win
 
 from __future__ import annotations
 
-import io
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.action_chains import ActionChains
@@ -21,20 +18,9 @@ from selenium.webdriver.support.wait import WebDriverWait
 
 from handai.registry import MANIFEST_FILE, MODEL_FILE
 from tests.conftest import API_KEY, ROOT, Service
-from tests.images import HWD
+from tests.images import HWD, number_png
 
 SHOTS = ROOT / "artifacts" / "page"
-
-
-def number_png(digits: str, path: Path) -> Path:
-    """hwd1000 digits side by side on white, as a drawn number."""
-    tiles = [np.asarray(Image.open(sorted(HWD.glob(f"{d}-*.png"))[3]).convert("L")) for d in digits]
-    gap = np.full((tiles[0].shape[0], 6), 255, np.uint8)
-    row = np.concatenate([part for tile in tiles for part in (tile, gap)][:-1], axis=1)
-    buf = io.BytesIO()
-    Image.fromarray(np.pad(row, 10, constant_values=255)).save(buf, "PNG")
-    path.write_bytes(buf.getvalue())
-    return path
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -133,7 +119,9 @@ def test_a_whole_number_is_read(browser: WebDriver, service: Service, tmp_path: 
     browser.get(f"{service.url}/")
     browser.find_element(By.ID, "mode-number").click()
     assert browser.find_element(By.ID, "canvas").get_attribute("width") == "560"
-    upload(browser, number_png("4096", tmp_path / "number.png"))
+    image = tmp_path / "number.png"
+    image.write_bytes(number_png("4096"))
+    upload(browser, image)
     assert wait_text(browser, "number") == "4096"
     rows = browser.find_elements(By.CSS_SELECTOR, "#number-digits tr")
     assert len(rows) == 4

@@ -22,10 +22,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from train import wild
+from train.wild import Float
 
 Style = Literal["clean", "photo"]
 STYLES: tuple[Style, ...] = ("clean", "photo")
-Float = NDArray[np.float32]
 
 
 @dataclass(frozen=True)
