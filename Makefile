@@ -53,6 +53,7 @@ stop: install
 # the cold start of `make serve` and leaves nothing running.
 bench: install
 	$(BIN)/python -m benchmarks.preprocess --out $(BENCH)/preprocess.json
+	$(BIN)/python -m benchmarks.forward --out $(BENCH)/forward.json
 	-$(MAKE) --no-print-directory stop >/dev/null 2>&1
 	$(BIN)/python -m benchmarks.cold_start --out $(BENCH)/cold_start.json
 	$(BIN)/python -m benchmarks.serving --out $(BENCH)/serving.json

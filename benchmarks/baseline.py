@@ -18,9 +18,10 @@ from fastapi import FastAPI, File, Query
 from fastapi.responses import JSONResponse
 
 from handai import registry
+from handai.backends import plan
 from handai.config import load_settings
 from handai.errors import HandaiError
-from handai.inference import Engine, bf16_faster
+from handai.inference import Engine
 from handai.preprocess import preprocess
 
 
@@ -30,12 +31,15 @@ def build_app() -> FastAPI:
     registry.seed_registry(model_dir, registry.SEED_DIR)
     model_id = registry.resolve_active(model_dir, settings.digits.initial_model)
     loaded = registry.load(model_dir, model_id)
-    engine = Engine(
+    # The same forward pass as the Model deployment picks: the graph is compared, not the backend.
+    forward = plan(
         loaded.module,
-        loaded.manifest.temperature,
-        settings.digits.uncertain_threshold,
-        bf16_faster(loaded.module),
+        loaded.sha256,
+        loaded.manifest.arch,
+        settings.app.backend,
+        settings.app.threads,
     )
+    engine = Engine(forward, loaded.manifest.temperature, settings.digits.uncertain_threshold)
     engine.predict(np.zeros((1, 1, 28, 28), np.float32), [True])  # warm
     app = FastAPI(title="Handai baseline")
 

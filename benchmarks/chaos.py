@@ -41,7 +41,7 @@ from benchmarks import fuzz
 from benchmarks.images import UPLOADS
 from benchmarks.load import run_load, run_open_loop
 from deployments.cluster import Cluster, Ports
-from handai.inference import cpu_name
+from handai.backends import cpu_name
 from handai.registry import MANIFEST_FILE, MODEL_FILE
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -30,8 +30,9 @@ import torch
 from benchmarks.images import UPLOADS
 from benchmarks.load import run_load
 from handai import registry
+from handai.backends import plan
 from handai.config import load_settings
-from handai.inference import Engine, bf16_faster
+from handai.inference import Engine
 
 Snapshot = dict[str, float]
 STAGES = ("handler", "queue", "graph", "preprocess", "forward")
@@ -158,7 +159,10 @@ def forward_ceiling(batch_sizes: list[int], threads: int) -> dict[str, float]:
     settings = load_settings()
     model_dir = settings.storage.models
     loaded = registry.load(model_dir, registry.resolve_active(model_dir))
-    engine = Engine(loaded.module, loaded.manifest.temperature, 0.85, bf16_faster(loaded.module))
+    forward = plan(
+        loaded.module, loaded.sha256, loaded.manifest.arch, settings.app.backend, threads
+    )
+    engine = Engine(forward, loaded.manifest.temperature, 0.85)
     out = {}
     for size in batch_sizes:
         pixels = np.random.default_rng(0).normal(size=(size, 1, 28, 28)).astype(np.float32)

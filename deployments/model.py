@@ -16,9 +16,10 @@ from ray.serve.metrics import Histogram
 
 from deployments.metrics import stage_histogram
 from handai import registry
+from handai.backends import plan
 from handai.config import Settings, load_settings
 from handai.errors import HandaiError
-from handai.inference import Engine, Prediction, cached_bf16_faster
+from handai.inference import Engine, Prediction
 from handai.manifest import Manifest
 from handai.preprocess import Prepared, Preprocessed
 
@@ -63,7 +64,6 @@ class Model:
             log.info("seeded %s with %s", model_dir, seeded)
         self.active: Active | None = None
         self.tta_default = self.settings.digits.tta
-        self._bf16_by_size: dict[int, bool] | None = None
         self.batch_hist = Histogram(
             "handai_batch_size",
             description="Images per forward pass.",
@@ -93,13 +93,16 @@ class Model:
     def _load(self, model_id: str) -> Active:
         # Serve calls reconfigure() one at a time per replica: no lock needed here.
         loaded = registry.load(self.settings.storage.models, model_id)
-        if self._bf16_by_size is None:  # measured once per machine; same arch every time
-            self._bf16_by_size = cached_bf16_faster(loaded.module, loaded.manifest.arch)
-        engine = Engine(
+        forward = plan(
             loaded.module,
-            loaded.manifest.temperature,
-            self.settings.digits.uncertain_threshold,
-            self._bf16_by_size,
+            loaded.sha256,
+            loaded.manifest.arch,
+            self.settings.app.backend,
+            self.settings.app.threads,
+        )
+        log.info("%s runs on %s", model_id, forward.name)
+        engine = Engine(
+            forward, loaded.manifest.temperature, self.settings.digits.uncertain_threshold
         )
         engine.predict(np.zeros((1, 1, 28, 28), np.float32), [True])  # warm before serving
         return Active(loaded.manifest, engine)

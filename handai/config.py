@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import (
@@ -27,6 +27,7 @@ DEFAULT_CONFIG = Path("config/handai.toml")
 CONFIG_ENV = "HANDAI_CONFIG"
 HOME_ENV = "HANDAI_HOME"
 MIN_ADMIN_KEY = 16
+Backend = Literal["auto", "openvino", "torch"]  # what runs the forward pass (handai.backends)
 
 
 class ConfigError(Exception):
@@ -39,6 +40,9 @@ class AppSettings(BaseModel):
     data_root: Path = Path("data")
     logs_root: Path = Path("logs")
     threads: Annotated[int, Field(ge=0)] = 0  # torch intra-op threads; 0 = torch's default
+    # Runs the forward pass: "auto" times torch and OpenVINO (fp32, bf16) on this machine per
+    # batch size and keeps the fastest; "torch" or "openvino" limits the choice to one.
+    backend: Backend = "auto"
     port: Annotated[int, Field(ge=1, le=65535)] = 8081
 
 

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 class LoadedModel:
     manifest: Manifest
     module: nn.Module
+    sha256: str  # of model.pt: what compiled forms of it are cached under
 
 
 def check_model_id(model_id: str) -> str:
@@ -131,7 +132,7 @@ def load(model_dir: Place, model_id: str) -> LoadedModel:
             "invalid_model",
             f"manifest field model_id: expected {model_id!r}, got {manifest.model_id!r}",
         )
-    return LoadedModel(manifest, load_checked(manifest, weights))
+    return LoadedModel(manifest, load_checked(manifest, weights), sha256_of(weights))
 
 
 def list_manifests(model_dir: Place) -> list[Manifest]:

@@ -6,8 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handai import inference
-from handai.inference import N_VIEWS, Engine, bf16_faster, tta_views
+from handai import backends
+from handai.backends import Planned, TorchForward, candidates, plan
+from handai.inference import N_VIEWS, Engine, tta_views
 from handai.model import build_model
 from handai.preprocess import BACKGROUND
 
@@ -17,7 +18,7 @@ MODEL = build_model().eval()
 @pytest.fixture(scope="module")
 def engine() -> Engine:
     torch.manual_seed(0)
-    return Engine(build_model(), temperature=1.0, uncertain_threshold=0.85)
+    return Engine(TorchForward(build_model()), temperature=1.0, uncertain_threshold=0.85)
 
 
 def test_tta_has_nine_views_and_the_first_is_the_image() -> None:
@@ -47,7 +48,7 @@ def test_rotation_views_keep_background_in_corners() -> None:
 @settings(max_examples=20, deadline=None)
 @given(st.lists(st.booleans(), min_size=1, max_size=6), st.floats(0.3, 5.0))
 def test_predictions_are_distributions(flags: list[bool], temperature: float) -> None:
-    engine = Engine(MODEL, temperature=temperature, uncertain_threshold=0.85)
+    engine = Engine(TorchForward(MODEL), temperature=temperature, uncertain_threshold=0.85)
     pixels = np.random.default_rng(0).normal(size=(len(flags), 1, 28, 28)).astype(np.float32)
     for p in engine.predict(pixels, flags):
         assert len(p.probs) == 10
@@ -71,20 +72,38 @@ def test_temperature_softens_confidence() -> None:
     torch.manual_seed(3)
     model = build_model()
     pixels = np.random.default_rng(3).normal(size=(4, 1, 28, 28)).astype(np.float32)
-    sharp = Engine(model, 0.5, 0.85).predict(pixels, [False] * 4)
-    soft = Engine(model, 4.0, 0.85).predict(pixels, [False] * 4)
+    sharp = Engine(TorchForward(model), 0.5, 0.85).predict(pixels, [False] * 4)
+    soft = Engine(TorchForward(model), 4.0, 0.85).predict(pixels, [False] * 4)
     for s, t in zip(sharp, soft, strict=True):
         assert s.digit == t.digit
         assert s.confidence >= t.confidence
 
 
-def test_precision_choice_is_measured_per_batch_size() -> None:
-    choice = bf16_faster(build_model().eval(), sizes=(1, 16))
-    assert set(choice) == {1, 16}
-    engine = Engine(build_model(), 1.0, 0.85, bf16_by_size={1: False, 16: True})
-    assert engine.use_bf16(1) is False
-    assert engine.use_bf16(9) is False
-    assert engine.use_bf16(64) is True
+def test_each_batch_runs_on_the_forward_chosen_for_its_size() -> None:
+    small, large = TorchForward(MODEL), TorchForward(MODEL, bf16=True)
+    planned = Planned({1: small, 16: large})
+    assert planned.pick(1) is small and planned.pick(9) is small
+    assert planned.pick(16) is large and planned.pick(64) is large
+    assert "torch-bf16" in planned.name
+
+
+def test_openvino_gives_the_logits_of_torch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backends, "CACHE", tmp_path)  # MODEL's weights are new each run
+    forwards = candidates(MODEL, "0" * 64, "openvino", threads=2)
+    assert "openvino-f32" in forwards
+    batch = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    expected = TorchForward(MODEL)(batch)
+    torch.testing.assert_close(forwards["openvino-f32"](batch), expected, atol=1e-3, rtol=1e-3)
+    # A batch of another size reuses the same compiled model (its batch axis is dynamic).
+    torch.testing.assert_close(
+        forwards["openvino-f32"](batch[:2]), expected[:2], atol=1e-3, rtol=1e-3
+    )
+
+
+def test_torch_only_when_asked() -> None:
+    assert set(candidates(MODEL, "0" * 64, "torch", threads=2)) == {"torch-fp32", "torch-bf16"}
 
 
 def test_mismatched_flags_are_rejected(engine: Engine) -> None:
@@ -92,18 +111,28 @@ def test_mismatched_flags_are_rejected(engine: Engine) -> None:
         engine.predict(np.zeros((2, 1, 28, 28), np.float32), [True])
 
 
-def test_the_precision_choice_is_remembered_per_machine(
+def test_the_choice_and_the_conversion_are_remembered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inference, "CACHE", tmp_path)
-    module = build_model().eval()
-    first = inference.cached_bf16_faster(module, "resnet18")
-    assert list(tmp_path.glob("precision-*.json"))
+    """A restarted replica neither times the candidates again nor converts the model again."""
+    monkeypatch.setattr(backends, "CACHE", tmp_path)
+    first = plan(MODEL, "ab" * 32, "resnet18", "auto", threads=2, sizes=(1, 16))
+    assert set(first.by_size) == {1, 16}
+    assert list(tmp_path.glob("plan-*.json"))
+    assert list(tmp_path.glob("openvino/abab*/model.xml"))
     calls: list[object] = []
 
-    def measure(module: object) -> dict[int, bool]:
-        calls.append(module)
+    def measure(*args: object) -> dict[int, str]:
+        calls.append(args)
         return {}
 
-    monkeypatch.setattr(inference, "bf16_faster", measure)
-    assert inference.cached_bf16_faster(module, "resnet18") == first and calls == []
+    def convert(*args: object, **kwargs: object) -> None:
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(backends, "fastest", measure)
+    monkeypatch.setattr("openvino.convert_model", convert)
+    again = plan(MODEL, "ab" * 32, "resnet18", "auto", threads=2, sizes=(1, 16))
+    assert calls == []
+    assert {s: f.name for s, f in again.by_size.items()} == {
+        s: f.name for s, f in first.by_size.items()
+    }

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from handai import registry
+from handai.backends import Forward, TorchForward, candidates
 from handai.errors import HandaiError
 from handai.inference import Engine
 from handai.preprocess import preprocess
@@ -24,8 +25,8 @@ def seed() -> registry.LoadedModel:
     return registry.load(registry.SEED_DIR, manifests[0].model_id)
 
 
-def engine_for(seed: registry.LoadedModel, bf16: bool) -> Engine:
-    return Engine(seed.module, seed.manifest.temperature, 0.85, bf16_by_size={1: bf16})
+def engine_for(seed: registry.LoadedModel, forward: Forward | None = None) -> Engine:
+    return Engine(forward or TorchForward(seed.module), seed.manifest.temperature, 0.85)
 
 
 def read_all(engine: Engine, blobs: list[bytes], tta: bool) -> list[int]:
@@ -41,21 +42,24 @@ def test_manifest_carries_training_figures(seed: registry.LoadedModel) -> None:
 
 def test_reads_hand_drawn_digits(seed: registry.LoadedModel) -> None:
     files = hwd_files()[::5]
-    digits = read_all(engine_for(seed, False), [f.read_bytes() for f in files], tta=False)
+    digits = read_all(engine_for(seed), [f.read_bytes() for f in files], tta=False)
     labels = [int(f.name[0]) for f in files]
     accuracy = float(np.mean(np.array(digits) == np.array(labels)))
     assert accuracy >= 0.95, accuracy
 
 
-def test_fp32_and_bf16_give_the_same_digits(seed: registry.LoadedModel) -> None:
+def test_every_backend_gives_the_digits_of_fp32_torch(seed: registry.LoadedModel) -> None:
+    """Whichever forward the service picks on a machine (torch or OpenVINO, fp32 or bf16)."""
     blobs = [f.read_bytes() for f in hwd_files()[::10]]
-    fp32 = read_all(engine_for(seed, False), blobs, tta=True)
-    bf16 = read_all(engine_for(seed, True), blobs, tta=True)
-    assert fp32 == bf16
+    forwards = candidates(seed.module, seed.sha256, "auto", threads=2)
+    assert {"torch-fp32", "openvino-f32"} <= set(forwards)  # OpenVINO installs with the project
+    reference = read_all(engine_for(seed), blobs, tta=True)
+    for name, forward in forwards.items():
+        assert read_all(engine_for(seed, forward), blobs, tta=True) == reference, name
 
 
 def test_shifted_and_scaled_digit_keeps_its_label(seed: registry.LoadedModel) -> None:
-    engine = engine_for(seed, False)
+    engine = engine_for(seed)
     for path in hwd_files()[::50]:
         digit = Image.open(path).convert("L")
         expected = read_all(engine, [path.read_bytes()], tta=False)[0]
@@ -67,7 +71,7 @@ def test_shifted_and_scaled_digit_keeps_its_label(seed: registry.LoadedModel) ->
 
 
 def test_inverted_upload_reads_the_same(seed: registry.LoadedModel) -> None:
-    engine = engine_for(seed, False)
+    engine = engine_for(seed)
     for path in hwd_files()[::100]:
         gray = np.asarray(Image.open(path).convert("L"))
         normal = read_all(engine, [encode(Image.fromarray(gray))], tta=False)
@@ -93,7 +97,7 @@ def test_the_same_digit_reads_the_same_however_it_is_photographed(
         "tight": tight_crop(digit),
     }
     reads = dict(
-        zip(uploads, read_all(engine_for(seed, False), list(uploads.values()), False), strict=True)
+        zip(uploads, read_all(engine_for(seed), list(uploads.values()), False), strict=True)
     )
     assert set(reads.values()) == {int(path.name[0])}, reads
 
@@ -128,5 +132,5 @@ def test_no_digit_is_never_a_confident_answer(
     except HandaiError as err:
         assert err.code == "preprocessing_failed"
         return
-    answer = engine_for(seed, False).predict(pixels, [False])[0]
+    answer = engine_for(seed).predict(pixels, [False])[0]
     assert answer.uncertain, answer

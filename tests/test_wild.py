@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from handai import registry
+from handai.backends import TorchForward
 from handai.inference import Engine
 from tests.images import DATA
 from train import wild
@@ -57,7 +58,7 @@ def test_evaluation_counts_refusals_as_not_read(
     sources: tuple[np.ndarray, np.ndarray],
 ) -> None:
     seed = registry.load(registry.SEED_DIR, registry.list_manifests(registry.SEED_DIR)[0].model_id)
-    engine = Engine(seed.module, seed.manifest.temperature, 0.85, bf16_by_size={1: False})
+    engine = Engine(TorchForward(seed.module), seed.manifest.temperature, 0.85)
     uploads = list(wild.render("photo", *sources, n=4, seed=2))
     blank = io.BytesIO()
     Image.new("L", (300, 300), 240).save(blank, "PNG")

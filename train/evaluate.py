@@ -16,7 +16,7 @@ import io
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -24,8 +24,10 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from handai import registry
+from handai.backends import plan
+from handai.config import Backend
 from handai.errors import HandaiError
-from handai.inference import Engine, bf16_faster
+from handai.inference import Engine
 from handai.numbers import choose, flatten, segment
 from handai.preprocess import preprocess
 from train import numbers, wild
@@ -157,12 +159,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=Path, help="a folder for PNGs of misread uploads")
     parser.add_argument("--wild", type=int, default=500, help="rendered uploads per style")
     parser.add_argument("--numbers", type=int, default=300, help="rendered numbers per style")
+    parser.add_argument(
+        "--backend",
+        choices=get_args(Backend),
+        default="auto",
+        help="what runs the forward pass; auto: the fastest here, as the service picks it",
+    )
     args = parser.parse_args(argv)
     loaded = registry.load(args.model.parent, args.model.name)
-    engine = Engine(
-        loaded.module, loaded.manifest.temperature, args.threshold, bf16_faster(loaded.module)
-    )
-    results: dict[str, Any] = {"model_id": loaded.manifest.model_id}
+    forward = plan(loaded.module, loaded.sha256, loaded.manifest.arch, args.backend)
+    engine = Engine(forward, loaded.manifest.temperature, args.threshold)
+    results: dict[str, Any] = {"model_id": loaded.manifest.model_id, "forward": forward.name}
     sets = {"mnist_test": mnist_test(args.data), "hwd1000": hwd1000(args.data)}
     if args.wild:
         digits, labels = wild.sources(args.data)

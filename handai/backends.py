@@ -1,0 +1,251 @@
+"""Forward passes: the same model run by plain torch or by OpenVINO, picked by measurement.
+
+Each candidate (torch fp32, torch bf16 autocast, OpenVINO f32, OpenVINO bf16 where the CPU has
+BF16) is timed per batch size on this machine, and each batch runs on the fastest measured at
+the nearest size below it. The choice is remembered per machine, and the OpenVINO conversion
+per model (keyed by its weights' sha256), so a restarted replica starts in about a second.
+Plain torch is the fallback where OpenVINO is missing or refuses the model, and on GPUs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+from handai.config import Backend
+
+if TYPE_CHECKING:
+    import openvino
+
+PRECISION_SIZES = (1, 4, 16, 64)
+CACHE = Path(tempfile.gettempdir()) / "handai-cache"
+log = logging.getLogger(__name__)
+
+
+class Forward(Protocol):
+    """(N,1,28,28) float32 -> (N, n_classes) float32 logits."""
+
+    @property
+    def name(self) -> str: ...
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchForward:
+    def __init__(self, module: nn.Module, bf16: bool = False) -> None:
+        self.module = module.eval()
+        self.bf16 = bf16
+        self.name = f"torch-{'bf16' if bf16 else 'fp32'}"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with (
+            torch.inference_mode(),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16),
+        ):
+            out: torch.Tensor = self.module(batch).float()
+            return out
+
+
+class OpenVINOForward:
+    """One infer request, reused: the Engine runs one batch at a time."""
+
+    def __init__(self, compiled: openvino.CompiledModel, precision: str) -> None:
+        self.request = compiled.create_infer_request()
+        self.name = f"openvino-{precision}"
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self.request.infer({0: batch.contiguous().numpy()})
+        # Copied: the request's output buffer is overwritten by the next batch.
+        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+
+
+@dataclass(frozen=True)
+class Planned:
+    """Runs each batch on the forward measured fastest at the nearest size at or below it."""
+
+    by_size: Mapping[int, Forward]
+
+    @property
+    def name(self) -> str:
+        return ", ".join(f"{size}+: {fwd.name}" for size, fwd in sorted(self.by_size.items()))
+
+    def pick(self, batch_size: int) -> Forward:
+        sizes = sorted(self.by_size)
+        chosen = [s for s in sizes if s <= batch_size] or sizes[:1]
+        return self.by_size[chosen[-1]]
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.pick(batch.shape[0])(batch)
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), what decides which kernels are fast."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _openvino() -> Any:
+    """The openvino module, or None where it is not installed."""
+    try:
+        import openvino  # optional: torch serves without it
+    except ImportError:
+        return None
+    return openvino
+
+
+def openvino_forwards(module: nn.Module, sha256: str, threads: int) -> dict[str, Forward]:
+    """OpenVINO f32 (and bf16 where the CPU has it) for this model; {} where it can't."""
+    ov = _openvino()
+    if ov is None:
+        return {}
+    try:
+        core = ov.Core()
+        model = _converted(ov, module, sha256)
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        precisions = ["f32"]
+        if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            precisions.append("bf16")
+        found: dict[str, Forward] = {}
+        for precision in precisions:
+            compiled = core.compile_model(
+                model, "CPU", {**config, "INFERENCE_PRECISION_HINT": precision}
+            )
+            forward = OpenVINOForward(compiled, precision)
+            found[forward.name] = forward
+        return found
+    except Exception as exc:  # an unsupported op or CPU: torch still serves
+        log.warning("OpenVINO unavailable for this model, serving with torch: %s", exc)
+        return {}
+
+
+def _converted(ov: Any, module: nn.Module, sha256: str) -> Any:
+    """The model in OpenVINO's IR, converted once per weights and kept in the cache."""
+    folder = CACHE / "openvino" / f"{sha256[:32]}-{ov.__version__.split('-')[0]}"
+    xml = folder / "model.xml"
+    if xml.is_file():
+        try:
+            return ov.Core().read_model(xml)
+        except Exception:  # a torn or stale file: convert again below
+            log.warning("converted model in %s unreadable; converting again", folder)
+    # torch.export (not the deprecated tracing), with the batch axis left free.
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    exported = torch.export.export(
+        module.eval(), (torch.zeros(2, 1, 28, 28),), dynamic_shapes=({0: batch},)
+    )
+    model = ov.convert_model(exported)
+    model.reshape([-1, 1, 28, 28])
+    with contextlib.suppress(OSError):  # a cache only: a read-only /tmp costs the conversion
+        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)
+        with contextlib.suppress(OSError):  # another replica got there first
+            tmp.rename(folder)
+        if tmp.exists():
+            for part in tmp.iterdir():
+                part.unlink()
+            tmp.rmdir()
+    return model
+
+
+def candidates(
+    module: nn.Module, sha256: str, backend: Backend, threads: int
+) -> dict[str, Forward]:
+    torch_ones: dict[str, Forward] = {
+        f.name: f for f in (TorchForward(module), TorchForward(module, bf16=True))
+    }
+    if backend == "torch" or torch.cuda.is_available():
+        return torch_ones
+    found = openvino_forwards(module, sha256, threads)
+    if backend == "openvino" and found:
+        return found
+    return {**torch_ones, **found}
+
+
+def fastest(forwards: Mapping[str, Forward], sizes: Sequence[int]) -> dict[int, str]:
+    """Per batch size, the name of the forward with the least time over three warm runs."""
+    chosen: dict[int, str] = {}
+    for size in sizes:
+        batch = torch.randn(size, 1, 28, 28)
+        timings: dict[str, float] = {}
+        for name, forward in forwards.items():
+            try:
+                forward(batch)  # warm up kernels for this shape
+                start = time.perf_counter()
+                for _ in range(3):
+                    forward(batch)
+                timings[name] = time.perf_counter() - start
+            except RuntimeError:  # bf16 kernels missing on this CPU
+                timings[name] = math.inf
+        chosen[size] = min(timings, key=lambda name: timings[name])
+    return chosen
+
+
+def plan(
+    module: nn.Module,
+    sha256: str,
+    arch: str,
+    backend: Backend = "auto",
+    threads: int = 0,
+    sizes: Sequence[int] = PRECISION_SIZES,
+) -> Planned:
+    """The forwards to serve with, the choice remembered per machine. Keyed by what decides
+    it: the CPU, the libraries and thread count, the architecture and the backend asked for."""
+    forwards = candidates(module, sha256, backend, threads)
+    ov = _openvino()
+    key = "|".join(
+        str(part)
+        for part in (
+            cpu_name(),
+            torch.__version__,
+            ov.__version__ if ov is not None else "no-openvino",
+            torch.get_num_threads(),
+            threads,
+            arch,
+            backend,
+            sorted(forwards),
+            tuple(sizes),
+        )
+    )
+    path = CACHE / f"plan-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    chosen = _read_choice(path, forwards)
+    if chosen is None:
+        chosen = fastest(forwards, sizes)
+        _write_choice(path, chosen)
+    return Planned({size: forwards[name] for size, name in chosen.items()})
+
+
+def _read_choice(path: Path, forwards: Mapping[str, Forward]) -> dict[int, str] | None:
+    try:
+        chosen = {int(k): str(v) for k, v in json.loads(path.read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return chosen if chosen and all(name in forwards for name in chosen.values()) else None
+
+
+def _write_choice(path: Path, chosen: dict[int, str]) -> None:
+    with contextlib.suppress(OSError):  # a cache only: a read-only /tmp costs the timing runs
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(chosen))
+        tmp.replace(path)
