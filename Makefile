@@ -11,7 +11,7 @@ export RAY_AUTH_MODE ?= disabled
 # The venv's tools (serve, ray, handai) first, for recipes and the processes they start.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install redis browser lint test serve stop bench chaos clean
+.PHONY: install redis browser lint test test-cluster serve stop bench chaos clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ lint: install
 
 test: install redis browser lint
 	$(BIN)/pytest
+
+# Two Ray nodes on this machine (head and worker, `ray start` each): reads on both, a
+# promotion, the worker node killed under load and under training (tests/test_multinode.py).
+test-cluster: install redis browser
+	$(BIN)/pytest -m multinode tests/test_multinode.py
 
 # Serves the shipped model on :8081 (seed/ is copied into models/): a local Ray head, then
 # serve_config.yaml; exits with the reason if it cannot start; Ctrl-C stops all of it.

@@ -82,6 +82,7 @@ class Cluster:
     state: Path | None = None  # default: /tmp/handai-<hash of home>, short for Ray's sockets
     cpus: int | None = None  # logical CPUs; None: Ray counts the machine's cores
     env_extra: dict[str, str] = field(default_factory=dict)
+    resources: dict[str, float] = field(default_factory=dict)  # the head's custom resources
 
     def __post_init__(self) -> None:
         if self.state is None:
@@ -153,6 +154,8 @@ class Cluster:
         ]
         if self.cpus is not None:
             command.append(f"--num-cpus={self.cpus}")
+        if self.resources:
+            command.append(f"--resources={json.dumps(self.resources)}")
         (self.folder / STATE_FILE).write_text(
             json.dumps({"pid": os.getpid(), "ports": asdict(self.ports)})
         )
@@ -161,6 +164,45 @@ class Cluster:
         )
         if done.returncode != 0:
             raise StartupError(f"ray start failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+    def add_node(self, node: Node) -> None:
+        """Another Ray node joining this head, as `ray start --address` on a second machine
+        does: its own CPUs, custom resources and ports; stopped with the cluster."""
+        command = [
+            str(BIN / "ray"),
+            "start",
+            f"--address=127.0.0.1:{self.ports.gcs}",
+            f"--num-cpus={node.cpus}",
+            f"--resources={json.dumps(node.resources)}",
+            f"--node-manager-port={node.node_manager}",
+            f"--object-manager-port={node.object_manager}",
+            f"--metrics-export-port={node.metrics}",
+            f"--dashboard-agent-listen-port={node.agent}",
+            f"--dashboard-agent-grpc-port={node.agent_grpc}",
+            f"--runtime-env-agent-port={node.runtime_env_agent}",
+            "--disable-usage-stats",
+        ]
+        done = subprocess.run(
+            command, env=self.env(), capture_output=True, text=True, timeout=180, check=False
+        )
+        if done.returncode != 0:
+            raise StartupError(f"ray start failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+
+    def kill_node(self, node: Node) -> int:
+        """SIGKILL a node's raylet and everything under it, as a machine that dies would."""
+        marks = {
+            f"--node_manager_port={node.node_manager}",
+            f"--node-manager-port={node.node_manager}",
+        }
+        roots = [p for p in self._processes() if marks & set(_cmdline(p))]
+        procs: dict[int, psutil.Process] = {p.pid: p for p in roots}
+        for root in roots:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                procs.update({c.pid: c for c in root.children(recursive=True)})
+        for proc in procs.values():
+            _signal(proc, signal.SIGKILL)
+        psutil.wait_procs(list(procs.values()), timeout=10)
+        return len(procs)
 
     def deploy(self, config: Path) -> None:
         done = subprocess.run(
@@ -268,6 +310,27 @@ class Cluster:
                 continue
         found.pop(os.getpid(), None)
         return list(found.values())
+
+
+@dataclass(frozen=True)
+class Node:
+    """A non-head Ray node on this machine: what `ray start --address` is given."""
+
+    cpus: int
+    resources: dict[str, float]
+    node_manager: int
+    object_manager: int
+    metrics: int
+    agent: int
+    agent_grpc: int
+    runtime_env_agent: int
+
+
+def _cmdline(proc: psutil.Process) -> list[str]:
+    try:
+        return proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
 
 
 def _signal(proc: psutil.Process, sig: signal.Signals) -> None:

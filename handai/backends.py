@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -61,16 +62,21 @@ class TorchForward:
 
 
 class OpenVINOForward:
-    """One infer request, reused: the Engine runs one batch at a time."""
+    """An infer request per thread, reused: a request runs one batch at a time, and callers
+    (a server's thread pool, asyncio.to_thread) may call from several threads at once."""
 
     def __init__(self, compiled: openvino.CompiledModel, precision: str) -> None:
-        self.request = compiled.create_infer_request()
+        self.compiled = compiled
+        self.local = threading.local()
         self.name = f"openvino-{precision}"
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        self.request.infer({0: batch.contiguous().numpy()})
+        request = getattr(self.local, "request", None)
+        if request is None:
+            request = self.local.request = self.compiled.create_infer_request()
+        request.infer({0: batch.contiguous().numpy()})
         # Copied: the request's output buffer is overwritten by the next batch.
-        return torch.from_numpy(self.request.get_output_tensor(0).data.copy())
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
 
 @dataclass(frozen=True)

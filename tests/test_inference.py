@@ -1,3 +1,4 @@
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,23 @@ def test_openvino_gives_the_logits_of_torch(
     torch.testing.assert_close(
         forwards["openvino-f32"](batch[:2]), expected[:2], atol=1e-3, rtol=1e-3
     )
+
+
+def test_openvino_answers_threads_calling_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server's thread pool calls one forward from several threads (benchmarks/baseline)."""
+    monkeypatch.setattr(backends, "CACHE", tmp_path)
+    forward = candidates(MODEL, "0" * 64, "openvino", threads=1)["openvino-f32"]
+    batches = [
+        torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(i)) for i in range(8)
+    ]
+    expected = [TorchForward(MODEL)(b) for b in batches]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(3):
+            got = list(pool.map(forward, batches))
+            for g, e in zip(got, expected, strict=True):
+                torch.testing.assert_close(g, e, atol=1e-3, rtol=1e-3)
 
 
 def test_torch_only_when_asked() -> None:
