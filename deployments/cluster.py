@@ -180,6 +180,7 @@ class Cluster:
             f"--dashboard-agent-listen-port={node.agent}",
             f"--dashboard-agent-grpc-port={node.agent_grpc}",
             f"--runtime-env-agent-port={node.runtime_env_agent}",
+            f"--temp-dir={self.folder / f'ray-{node.name}'}",  # its own, like another machine
             "--disable-usage-stats",
         ]
         done = subprocess.run(
@@ -316,6 +317,7 @@ class Cluster:
 class Node:
     """A non-head Ray node on this machine: what `ray start --address` is given."""
 
+    name: str  # its temp dir is ray-<name> in the cluster's folder
     cpus: int
     resources: dict[str, float]
     node_manager: int

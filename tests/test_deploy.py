@@ -178,7 +178,10 @@ def metric_names() -> set[str]:
     """The handai_* metrics the deployments define, as Ray exports them."""
     names = set()
     for path in (ROOT / "deployments").glob("*.py"):
-        names |= set(re.findall(r"\"(handai_[a-z_]+)\"", path.read_text()))
+        metrics = re.findall(
+            r"(?:Counter|Histogram|Gauge)\(\s*\"(handai_[a-z_]+)\"", path.read_text()
+        )
+        names |= set(metrics)
     return {f"ray_{name}" for name in names}
 
 

@@ -70,6 +70,7 @@ class TwoNodes:
 
 def worker_node() -> Node:
     return Node(
+        name="b",
         cpus=2,
         resources={"handai_worker": 1},
         node_manager=free_port(),
