@@ -39,7 +39,7 @@ import psutil
 
 from benchmarks import fuzz
 from benchmarks.images import UPLOADS
-from benchmarks.load import run_load, run_open_loop
+from benchmarks.load import ReaderThreads, run_load, run_open_loop
 from deployments.cluster import Cluster, Ports
 from handai.backends import cpu_name
 from handai.registry import MANIFEST_FILE, MODEL_FILE
@@ -81,16 +81,15 @@ def read_once(c: httpx.Client, data: bytes) -> httpx.Response:
     return c.post("/v1/read", files={"file": ("d.png", data, "image/png")})
 
 
-class Hammer:
+class Hammer(ReaderThreads):
     """`clients` threads reading in closed loops (a refused read waits its Retry-After)."""
 
     def __init__(self, target: Target, data: bytes, clients: int, pause_s: float = 0.0) -> None:
         self.target, self.data, self.pause_s = target, data, pause_s
         self.outcomes: list[tuple[float, int, str]] = []  # (time, status, code)
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._run) for _ in range(clients)]
+        super().__init__(clients)
 
-    def _run(self) -> None:
+    def read_loop(self) -> None:
         with self.target.client() as c:
             while not self.stop.is_set():
                 try:
@@ -104,16 +103,6 @@ class Hammer:
                     time.sleep(float(r.headers.get("retry-after", "1")))
                 elif self.pause_s:
                     time.sleep(self.pause_s)
-
-    def __enter__(self) -> Hammer:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=120)
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(f"{s} {c}".strip() for _, s, c in self.outcomes))

@@ -10,9 +10,10 @@ import argparse
 import asyncio
 import random
 import statistics
+import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 
@@ -37,6 +38,28 @@ class LoadResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class ReaderThreads:
+    """`clients` threads each running `read_loop` until the with-block ends (a subclass says
+    what one client does and what it records)."""
+
+    def __init__(self, clients: int) -> None:
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.read_loop) for _ in range(clients)]
+
+    def read_loop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=120)
 
 
 def multipart(data: bytes, content_type: str) -> bytes:

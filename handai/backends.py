@@ -125,7 +125,7 @@ def openvino_forwards(module: nn.Module, sha256: str, threads: int) -> dict[str,
         return {}
     try:
         core = ov.Core()
-        model = _converted(ov, module, sha256)
+        model = _converted(ov, core, module, sha256)
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
@@ -145,13 +145,13 @@ def openvino_forwards(module: nn.Module, sha256: str, threads: int) -> dict[str,
         return {}
 
 
-def _converted(ov: Any, module: nn.Module, sha256: str) -> Any:
+def _converted(ov: Any, core: Any, module: nn.Module, sha256: str) -> Any:
     """The model in OpenVINO's IR, converted once per weights and kept in the cache."""
     folder = CACHE / "openvino" / f"{sha256[:32]}-{ov.__version__.split('-')[0]}"
     xml = folder / "model.xml"
     if xml.is_file():
         try:
-            return ov.Core().read_model(xml)
+            return core.read_model(xml)
         except Exception:  # a torn or stale file: convert again below
             log.warning("converted model in %s unreadable; converting again", folder)
     # torch.export (not the deprecated tracing), with the batch axis left free.

@@ -5,11 +5,13 @@ redis-server, and model files written by the registry."""
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 import torch
 import yaml
 
@@ -25,6 +28,7 @@ from deployments.cluster import Cluster, Ports
 from handai.model import build_model
 from handai.registry import save, set_active
 from tests.images import DATA
+from train.events import CHANNEL
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -84,6 +88,27 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+class Listener:
+    """Collects every event published on the bot's channel."""
+
+    def __init__(self, url: str) -> None:
+        self.pubsub = redis.Redis.from_url(url).pubsub()
+        self.pubsub.subscribe(CHANNEL)
+        self.events: list[dict[str, Any]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            message = self.pubsub.get_message(timeout=0.5)
+            if message and message["type"] == "message":
+                self.events.append(json.loads(message["data"]))
+
+    def of(self, model_id: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["model_id"] == model_id]
 
 
 @dataclass

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -26,18 +25,17 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
+from benchmarks.load import ReaderThreads
 from deployments.cluster import BIN, Cluster, Node, Ports
 from deployments.multinode import HEAD_RESOURCE, spread
 from handai.manifest import parse_manifest
 from handai.registry import MANIFEST_FILE
-from tests.conftest import ADMIN_KEY, ROOT, free_port, registry_with
+from tests.browser import headless_chromium
+from tests.conftest import ADMIN_KEY, ROOT, Listener, free_port, registry_with
 from tests.images import DATA, HWD, MNIST
-from tests.test_training import Listener
 
 pytestmark = pytest.mark.multinode
 
@@ -162,18 +160,17 @@ def forward_passes(two: TwoNodes) -> Counter[str]:
     return counts
 
 
-class Load:
+class Load(ReaderThreads):
     """CLIENTS closed-loop readers; a read that fails is tried once more, as the bot does."""
 
     def __init__(self, two: TwoNodes) -> None:
         self.two = two
-        self.stop = threading.Event()
         self.models: Counter[str] = Counter()
         self.retried: list[str] = []
         self.failed: list[str] = []
-        self.threads = [threading.Thread(target=self._run) for _ in range(CLIENTS)]
+        super().__init__(CLIENTS)
 
-    def _run(self) -> None:
+    def read_loop(self) -> None:
         with self.two.client() as c:
             while not self.stop.is_set():
                 reply = read(c)
@@ -185,16 +182,6 @@ class Load:
                     self.models[reply.json()["model_id"]] += 1
                 else:
                     self.failed.append(f"{reply.status_code} {reply.text[:200]}")
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(timeout=120)
 
 
 def test_each_node_holds_a_graph_and_both_answer(nodes: TwoNodes) -> None:
@@ -217,14 +204,7 @@ def test_each_node_holds_a_graph_and_both_answer(nodes: TwoNodes) -> None:
 
 def test_the_ray_dashboard_serve_page_shows_the_graph(nodes: TwoNodes) -> None:
     """What an operator opens first (docs/operations.md shows this screenshot)."""
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "chromium is not installed: run `make test-cluster`"
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(arg)
-    options.add_argument("--window-size=1400,1000")
-    browser = webdriver.Chrome(service=DriverService(driver), options=options)
+    browser = headless_chromium("--window-size=1400,1000")
     try:
         browser.get(f"{nodes.cluster.dashboard}/#/serve")
         WebDriverWait(browser, 60).until(

@@ -3,13 +3,10 @@ through Debian's chromedriver (the Makefile installs both), on a phone-sized win
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -17,6 +14,7 @@ from selenium.webdriver.support import expected_conditions as ready
 from selenium.webdriver.support.wait import WebDriverWait
 
 from handai.registry import MANIFEST_FILE, MODEL_FILE
+from tests.browser import headless_chromium
 from tests.conftest import API_KEY, ROOT, Service
 from tests.images import HWD, number_png
 
@@ -49,17 +47,8 @@ def shipped_model(service: Service) -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[WebDriver]:
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    assert chromium and driver, "chromium is not installed: run `make test`, which installs it"
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(arg)
     # A phone's screen (a desktop window cannot be made this narrow).
-    options.add_experimental_option(
-        "mobileEmulation", {"deviceMetrics": {"width": 390, "height": 1100, "pixelRatio": 2}}
-    )
-    session = webdriver.Chrome(service=DriverService(driver), options=options)
+    session = headless_chromium(mobile={"width": 390, "height": 1100, "pixelRatio": 2})
     SHOTS.mkdir(parents=True, exist_ok=True)
     try:
         yield session

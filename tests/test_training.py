@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,40 +14,17 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 import torch
 
 from handai.config import load_settings
 from handai.manifest import parse_manifest
 from handai.model import build_model
 from handai.registry import MANIFEST_FILE, MODEL_FILE, recorded_active, save, set_active
-from tests.conftest import BIN, ROOT, Service
+from tests.conftest import BIN, ROOT, Listener, Service
 from tests.images import HWD, MNIST
-from train.events import CHANNEL
 from train.promote import promote
 
 SEVEN = (HWD / "7-001.png").read_bytes()
-
-
-class Listener:
-    """Collects every event published on the bot's channel."""
-
-    def __init__(self, url: str) -> None:
-        self.pubsub = redis.Redis.from_url(url).pubsub()
-        self.pubsub.subscribe(CHANNEL)
-        self.events: list[dict[str, Any]] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            message = self.pubsub.get_message(timeout=0.5)
-            if message and message["type"] == "message":
-                self.events.append(json.loads(message["data"]))
-
-    def of(self, model_id: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["model_id"] == model_id]
 
 
 @pytest.fixture(scope="module")
