@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader
 from handai.config import load_settings
 from handai.model import build_model
 from train.augment import DEFAULT, NONE
-from train.data import load_split, train_val
-from train.trainer import DigitDataset, TrainConfig, train_loop
+from train.data import DigitDataset, load_split, model_input, train_val
+from train.trainer import TrainConfig, train_loop
 
 BATCH = 128
 
@@ -41,7 +41,7 @@ def plain_loop(cfg: TrainConfig, batches: int, threads: int) -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     train, _ = train_val(load_split(cfg.data_root, "train", cfg.cache_dir, cfg.train_limit), 0)
-    loader = DataLoader(DigitDataset(train, None), batch_size=BATCH, shuffle=True, drop_last=True)
+    loader = DataLoader(DigitDataset(train), batch_size=BATCH, shuffle=True, drop_last=True)
     model = build_model().train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     seen, start = 0, time.perf_counter()
@@ -49,7 +49,7 @@ def plain_loop(cfg: TrainConfig, batches: int, threads: int) -> float:
         if step >= batches:
             break
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(x).float(), y)
+            loss = F.cross_entropy(model(model_input(x)).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

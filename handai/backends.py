@@ -10,6 +10,7 @@ Plain torch is the fallback where OpenVINO is missing or refuses the model, and 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -47,18 +48,22 @@ class Forward(Protocol):
 
 
 class TorchForward:
+    """Plain torch on the module's own device: batches in and logits out on the CPU."""
+
     def __init__(self, module: nn.Module, bf16: bool = False) -> None:
         self.module = module.eval()
         self.bf16 = bf16
-        self.name = f"torch-{'bf16' if bf16 else 'fp32'}"
+        self.device = next(module.parameters()).device
+        suffix = "" if self.device.type == "cpu" else f"-{self.device.type}"
+        self.name = f"torch-{'bf16' if bf16 else 'fp32'}{suffix}"
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         with (
             torch.inference_mode(),
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16),
+            torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
         ):
-            out: torch.Tensor = self.module(batch).float()
-            return out
+            out: torch.Tensor = self.module(batch.to(self.device, non_blocking=True))
+            return out.float().cpu()
 
 
 class OpenVINOForward:
@@ -177,6 +182,8 @@ def _converted(ov: Any, core: Any, module: nn.Module, sha256: str) -> Any:
 def candidates(
     module: nn.Module, sha256: str, backend: Backend, threads: int
 ) -> dict[str, Forward]:
+    if torch.cuda.is_available():  # a copy on the GPU: the caller's module stays on the CPU
+        module = copy.deepcopy(module).to("cuda")
     torch_ones: dict[str, Forward] = {
         f.name: f for f in (TorchForward(module), TorchForward(module, bf16=True))
     }

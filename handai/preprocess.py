@@ -5,8 +5,10 @@ mass in 28x28 -> normalize. Ink strength has two paths: small images (scans, MNI
 global Otsu split of a flat background; larger ones (photos, screenshots) divide out a
 background estimate first, so shadows and light falloff are not ink, and drop ruled and grid
 lines that are fainter than the ink. Training runs MNIST through the same `prepare_pixels`, so
-served and training inputs match; any change here must bump SIGNATURE so old models are
-refused at load.
+served and training inputs match; any change to what MNIST goes through (the scan path)
+must bump SIGNATURE so old models are refused at load. Polarity and the photo path are never
+reached by MNIST's 28x28 images: they may change under the same SIGNATURE when
+`train.data.preprocess_mnist` still gives byte-identical training images.
 """
 
 from __future__ import annotations
@@ -37,11 +39,20 @@ SCAN_SIDE = 64  # at most this: a scan or an MNIST-style image, with a flat back
 MIN_CONTRAST = 32  # grey levels between ink and paper; less is a blank or uniform image
 FAINT = 0.05  # photos: ink weaker than 5 % of the digit's own is left out of its box
 EVEN_SPREAD = 12  # grey levels the paper may vary by and still be evenly lit
-DARK_BULK = 110  # a median level below this: the bulk of the image is dark
+DARK_BULK = 80  # a median level below this: the bulk of the image is dark (a shadowed page
+# of pencil sits at 90-110; a dark-mode screen or a board well below)
+# A crop filled by its digit: each of its two tones covers at least CROP_TONE of it, they
+# span SCAN_RANGE grey levels or more (2nd to 98th percentile), and the dark tone is at most
+# TONE_RATIO of the light one (ink on paper; a shadow on paper is lighter than that).
+CROP_TONE = 0.2
+SCAN_RANGE = 180
+TONE_RATIO = 0.3
 MIN_STRENGTH = 0.10  # photos: ink darkens the paper by at least 10 %; less is blank
-MAX_INK_FRACTION = 0.6  # more "ink" than paper is not a digit on a background
+MAX_INK_FRACTION = 0.7  # far more "ink" than paper is not a digit on a background (a tight
+# crop of a 1 can be two-thirds ink)
 LINE_FAINTNESS = 0.55  # a long straight stroke fainter than this share of the ink is a ruled line
 MAX_DESKEW_DEG = 10.0
+MAX_LIKE_PIECES = 8  # more ink pieces as big as half the largest: a pattern, not one digit
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
@@ -154,10 +165,40 @@ def dark_background(gray: NDArray[np.uint8]) -> bool:
         dark_share = float((border <= split).mean())
         if abs(dark_share - 0.5) >= 0.1:
             return dark_share > 0.5
+    filled = _filled_crop_polarity(gray)
+    if filled is not None:
+        return filled
     median = float(np.median(levels))
     darker = float(np.clip(median - levels, 0.0, None).sum())
     lighter = float(np.clip(levels - median, 0.0, None).sum())
     return median < DARK_BULK and lighter > darker
+
+
+def _filled_crop_polarity(gray: NDArray[np.uint8]) -> bool | None:
+    """Light ink? For a tight crop of a scan, where the digit touches every edge so neither the
+    border nor the bulk is paper: two tones, ink and paper, each a fifth of the image or more.
+    A digit's strokes hang together while the paper around and between them is cut into
+    pieces, so the ink is the tone in fewer pieces. None when the image is not such a crop
+    (in a photo the big dark tone is a shadow, too light for ink) or the pieces tie."""
+    low, high = np.percentile(gray, (2, 98))
+    if high - low < SCAN_RANGE:
+        return None
+    dark = gray <= otsu(gray)
+    if min(dark.mean(), 1.0 - dark.mean()) < CROP_TONE:
+        return None
+    if np.median(gray[dark]) > TONE_RATIO * max(float(np.median(gray[~dark])), 1.0):
+        return None
+    dark_pieces, light_pieces = _pieces(dark), _pieces(~dark)
+    return None if dark_pieces == light_pieces else light_pieces < dark_pieces
+
+
+def _pieces(mask: NDArray[np.bool_]) -> int:
+    """8-connected pieces of at least 0.2 % of the image: specks and JPEG noise don't count."""
+    labels, count = ndimage.label(mask, structure=_EIGHT)
+    if count == 0:
+        return 0
+    sizes = np.bincount(labels.ravel())[1:]
+    return int((sizes >= 0.002 * mask.size).sum())
 
 
 def _evenly_lit(gray: NDArray[np.uint8]) -> bool:
@@ -240,7 +281,8 @@ def photo_ink(gray: NDArray[np.uint8], line_reach: tuple[float, float] = (1 / 3,
             f"no ink found: the darkest marks are {ink_level:.0%} darker than the paper",
         )
     # A share of the ink's own darkness: a small pencil digit has too few pixels for Otsu.
-    mask = darkening > max(0.35 * ink_level, _noise_floor(darkening))
+    cut = 0.35 * ink_level
+    mask = darkening > max(cut, _noise_floor(darkening[darkening <= cut]))
     _check_fraction(mask)
     return Ink(darkening, mask, photo=True)
 
@@ -313,10 +355,13 @@ def remove_lines(
     return cleaned
 
 
-def _noise_floor(darkening: NDArray[np.float32]) -> float:
-    """The paper's own grain (JPEG blocks, sensor noise): six robust sigmas above its median."""
-    median = float(np.median(darkening))
-    mad = float(np.median(np.abs(darkening - median)))
+def _noise_floor(paper: NDArray[np.float32]) -> float:
+    """The paper's own grain (JPEG blocks, sensor noise): six robust sigmas above its median.
+    Measured on the pixels fainter than any ink: a crop filled by its digit is half ink."""
+    if paper.size == 0:
+        return 0.02
+    median = float(np.median(paper))
+    mad = float(np.median(np.abs(paper - median)))
     return median + 6.0 * 1.4826 * mad + 0.02
 
 
@@ -344,6 +389,12 @@ def keep_digit(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     assert main_box is not None
     extent = max(main_box[0].stop - main_box[0].start, main_box[1].stop - main_box[1].start)
     largest = float(sizes[main])
+    if int((sizes >= 0.5 * largest).sum()) > MAX_LIKE_PIECES:
+        raise HandaiError(
+            "preprocessing_failed",
+            "no single digit found: the image holds many marks the size of the largest "
+            "(a pattern, keys, or several digits: /v1/read/number reads a number)",
+        )
     kept = [main + 1]
     for index, (size, box) in enumerate(zip(sizes, boxes, strict=True)):
         if index == main or box is None:

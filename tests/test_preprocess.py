@@ -7,16 +7,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from handai.errors import HandaiError
 from handai.preprocess import (
     BACKGROUND,
     MNIST_MEAN,
     MNIST_STD,
+    _evenly_lit,
+    _pieces,
     dark_background,
     decode,
     deskew,
+    find_ink,
     flatten,
     keep_digit,
     otsu,
@@ -24,6 +27,7 @@ from handai.preprocess import (
     remove_lines,
 )
 from tests.images import (
+    DATA,
     binary_digit,
     draw_seven,
     encode,
@@ -32,6 +36,7 @@ from tests.images import (
     on_paper,
     tight_crop,
 )
+from train import wild
 
 CODES = {
     "invalid_image",
@@ -358,3 +363,61 @@ def test_arbitrary_photo_sized_arrays_give_finite_output_or_a_clear_error(
     arr: np.ndarray,
 ) -> None:
     assert_finite_or_clear_error(encode(Image.fromarray(arr)))
+
+
+def filled_crop(digit: np.ndarray, light_ink: bool, scale: int = 7) -> bytes:
+    """A thick digit cropped to its ink, so the ink touches every edge and covers about half
+    of the image: neither the border nor the bulk is paper."""
+    thick = np.asarray(Image.fromarray(digit).filter(ImageFilter.MaxFilter(3)))
+    rows, cols = np.nonzero(thick > 40)
+    crop = thick[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    img = Image.fromarray(crop if light_ink else 255 - crop)
+    return encode(img.resize((crop.shape[1] * scale, crop.shape[0] * scale)))
+
+
+@pytest.mark.parametrize("light_ink", [False, True], ids=["dark-ink", "light-ink"])
+def test_a_crop_filled_by_its_digit_gets_its_polarity_from_the_pieces(light_ink: bool) -> None:
+    upload = filled_crop(hwd_digit(SEVEN_HWD), light_ink)
+    gray = decode(upload, max_side=1024)
+    assert max(gray.shape) > 64 and not _evenly_lit(gray)  # the bulk rule's case
+    dark = gray <= otsu(gray)
+    assert 0.3 < dark.mean() < 0.7  # ink is about half the image
+    assert dark_background(gray) is light_ink
+    out = preprocess(upload)
+    assert out.inverted is light_ink and ink_of(out.pixels).sum() > 40
+
+
+def test_tight_crops_rendered_in_both_polarities_are_never_refused() -> None:
+    digits, labels = wild.sources(DATA)
+    for upload in wild.render("tight", digits, labels, 60, seed=5):
+        gray = decode(upload.data, max_side=1024)
+        assert dark_background(gray) is upload.light_ink
+        assert preprocess(upload.data).inverted is upload.light_ink
+
+
+def test_pieces_count_strokes_not_specks() -> None:
+    mask = np.zeros((100, 100), bool)
+    mask[10:90, 10:14] = True  # a stroke
+    mask[10:14, 10:60] = True  # joined to it: the same piece
+    mask[50:90, 70:74] = True  # a second piece
+    mask[95, 95] = True  # a speck: under 0.2 % of the image
+    assert _pieces(mask) == 2
+    assert _pieces(~mask) == 1
+
+
+def test_a_half_ink_crop_keeps_its_ink_above_the_paper_noise() -> None:
+    crop = np.full((120, 90), 245, np.uint8)
+    crop[:, 25:65] = 20  # a broad stroke: with the bar, over half the crop
+    crop[40:80, :] = 20
+    ink = find_ink(crop)
+    assert ink.mask.mean() > 0.5 and ink.mask[60, 45] and not ink.mask[5, 5]
+
+
+def test_a_pattern_of_same_sized_marks_is_not_one_digit() -> None:
+    keys = np.full((300, 400), 200, np.uint8)
+    for y in range(20, 280, 60):
+        for x in range(20, 380, 60):
+            keys[y : y + 45, x : x + 45] = 60
+    with pytest.raises(HandaiError, match="no single digit") as err:
+        preprocess(encode(Image.fromarray(keys), "JPEG"))
+    assert err.value.code == "preprocessing_failed"

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
+from torch.utils.data import Dataset
 
 from handai.errors import HandaiError
-from handai.preprocess import SIGNATURE, prepare_pixels
+from handai.preprocess import MNIST_MEAN, MNIST_STD, SIGNATURE, prepare_pixels
+from train.augment import BatchAugment
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +109,26 @@ def train_val(full: Split, seed: int, val_size: int = VAL_SIZE) -> tuple[Split, 
     order = np.random.default_rng(seed).permutation(len(full.labels))
     val, train = order[:val_size], order[val_size:]
     return Split(full.images[train], full.labels[train]), Split(full.images[val], full.labels[val])
+
+
+class DigitDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Preprocessed digits as 1x28x28 ink in [0, 1]; `model_input` augments and normalizes
+    whole batches on the training device."""
+
+    def __init__(self, split: Split) -> None:
+        self.images = split.images
+        self.labels = split.labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        x = torch.from_numpy(self.images[index]).float().div_(255.0).unsqueeze(0)
+        return x, int(self.labels[index])
+
+
+def model_input(ink: torch.Tensor, augment: BatchAugment | None = None) -> torch.Tensor:
+    """A loaded batch of ink -> what the network takes: augmented (training), normalized."""
+    if augment is not None:
+        ink = augment(ink)
+    return (ink - MNIST_MEAN) / MNIST_STD

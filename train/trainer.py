@@ -21,13 +21,13 @@ import torch.nn.functional as F  # noqa: N812
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from handai.model import build_model
 from handai.preprocess import MNIST_MEAN, MNIST_STD
 from handai.storage import location, write_whole
-from train.augment import NONE, AugmentConfig, Transform, build_augment
-from train.data import Split, load_split, train_val
+from train.augment import NONE, AugmentConfig, build_augment
+from train.data import DigitDataset, load_split, model_input, train_val
 from train.events import Events
 
 log = logging.getLogger(__name__)
@@ -64,22 +64,6 @@ class TrainConfig(BaseModel):
     memory_limit_mb: Annotated[int, Field(ge=256)] = 8192
     redis_url: str | None = None
     init_from: Path | None = None  # a model.pt to fine-tune instead of starting from scratch
-
-
-class DigitDataset(Dataset[tuple[torch.Tensor, int]]):
-    def __init__(self, split: Split, augment: Transform | None) -> None:
-        self.images = split.images
-        self.labels = split.labels
-        self.augment = augment
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        x = torch.from_numpy(self.images[index]).float().div_(255.0).unsqueeze(0)
-        if self.augment is not None:
-            x = self.augment(x).clamp_(0.0, 1.0)
-        return (x - MNIST_MEAN) / MNIST_STD, int(self.labels[index])
 
 
 def use_bf16(device: torch.device) -> bool:
@@ -125,13 +109,13 @@ def _loaders(cfg: TrainConfig) -> tuple[DataLoader[Any], DataLoader[Any]]:
         "persistent_workers": cfg.loader_workers > 0,
     }
     train_loader = DataLoader(
-        DigitDataset(train, build_augment(cfg.augment)),
+        DigitDataset(train),
         batch_size=cfg.batch_size,
         shuffle=True,
         drop_last=True,
         **common,
     )
-    val_loader = DataLoader(DigitDataset(val, None), batch_size=512, **common)
+    val_loader = DataLoader(DigitDataset(val), batch_size=512, **common)
     return (
         ray.train.torch.prepare_data_loader(train_loader),
         ray.train.torch.prepare_data_loader(val_loader),
@@ -160,13 +144,15 @@ def _optimizer(
     return opt, sched
 
 
-def _evaluate(model: nn.Module, loader: DataLoader[Any], bf16: bool) -> tuple[float, float]:
+def _evaluate(
+    model: nn.Module, loader: DataLoader[Any], device: torch.device, bf16: bool
+) -> tuple[float, float]:
     """Validation accuracy and NLL over every worker's shard."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)  # correct, nll sum, count
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for x, y in loader:
-            logits = model(x).float()
+            logits = model(model_input(x)).float()
             totals[0] += (logits.argmax(1) == y).sum().item()
             totals[1] += F.cross_entropy(logits, y, reduction="sum").item()
             totals[2] += len(y)
@@ -198,6 +184,7 @@ def train_loop(config: dict[str, Any]) -> None:
         redis_url=cfg.redis_url,
     )
     train_loader, val_loader = _loaders(cfg)
+    augment = build_augment(cfg.augment)
     base = build_model()
     if cfg.init_from is not None:  # a resumed run's checkpoint below replaces these weights
         base.load_state_dict(torch.load(cfg.init_from, map_location="cpu", weights_only=True))
@@ -229,6 +216,7 @@ def train_loop(config: dict[str, Any]) -> None:
         for step, (x, y) in enumerate(train_loader):
             if step >= per_epoch:
                 break
+            x = model_input(x, augment)  # augmented in fp32, outside autocast
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y)
@@ -254,7 +242,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 _write_progress(cfg.progress_file, progress)
         world = ray.train.get_context().get_world_size()
         samples_per_sec = seen * world / (time.perf_counter() - tick)
-        val_acc, val_nll = _evaluate(model, val_loader, bf16)
+        val_acc, val_nll = _evaluate(model, val_loader, device, bf16)
         metrics = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
