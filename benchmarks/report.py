@@ -286,6 +286,45 @@ def training_checks(t: dict[str, Any]) -> list[Check]:
     return checks
 
 
+def cuda_section(c: dict[str, Any]) -> list[str]:
+    """benchmarks/cuda.py's figures, from a GPU machine when one was lent (copied into the
+    results folder by hand: `make bench` never needs a GPU)."""
+    lines = [
+        f"## On a GPU: {c['gpu']}, torch {c['torch']} (benchmarks/cuda.py)",
+        "",
+        "Forward pass as the Model replica runs it there (batch in from, logits out to the "
+        "CPU), median ms:",
+        "",
+        "| forward | batch 1 | batch 9 | batch 32 | batch 256 | images/s at 1024 |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in c["forward_ms"].items():
+        lines.append(
+            f"| {name} | {row['1']} | {row['9']} | {row['32']} | {row['256']} "
+            f"| {row['images_per_s_1024']:,} |"
+        )
+    agree = ", ".join(
+        f"{name} {a['accuracy']:.2%} accurate, {a['agrees_with_fp32']:.2%} agreeing"
+        for name, a in c["agreement_mnist_test"].items()
+    )
+    t = c["training"]
+    epoch = t["full_epoch"]
+    lines += [
+        "",
+        f"Served plan: {c['plan']}. MNIST test through the real preprocessing: {agree}.",
+        "",
+        "Training step (ResNet-18, bf16 autocast, SGD, the loop's DigitDataset and "
+        "BatchAugment on the GPU), samples/s: "
+        f"batch 128 {t['samples_per_s_batch128_none']:,} without augmentation, "
+        f"{t['samples_per_s_batch128_wild']:,} with the wild one; batch 512 "
+        f"{t['samples_per_s_batch512_none']:,} / {t['samples_per_s_batch512_wild']:,}. "
+        f"One whole wild-augmented epoch ({epoch['images']:,} images, batch "
+        f"{epoch['batch_size']}): {epoch['seconds']} s, validation accuracy "
+        f"{epoch['val_acc_after_one_epoch']:.2%} from scratch.",
+    ]
+    return lines
+
+
 def targets_section(checks: list[Check]) -> list[str]:
     lines = [
         "## Targets (28x28 PNG, TTA off unless said)",
@@ -303,6 +342,14 @@ def targets_section(checks: list[Check]) -> list[str]:
     return lines
 
 
+def measured_at(results: Path) -> str:
+    """When each result file was written: a rerun of one part keeps the others' figures."""
+    return ", ".join(
+        f"{path.stem} {datetime.datetime.fromtimestamp(path.stat().st_mtime):%Y-%m-%d %H:%M}"
+        for path in sorted(results.glob("*.json"))
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("results", type=Path)
@@ -311,9 +358,10 @@ def main() -> None:
     lines = [
         "# Benchmarks",
         "",
-        "Written by `make bench` (benchmarks/report.py): every figure below is from that run.",
+        "Written by `make bench` (benchmarks/report.py) from the result files below; a part "
+        "rerun alone (`python -m benchmarks.<part>`) replaces only its own figures.",
         "",
-        f"- Date: {datetime.date.today().isoformat()}",
+        f"- Written {datetime.date.today().isoformat()}; results: {measured_at(args.results)}",
         f"- Machine: {machine()}",
         "- Serving as `make serve` runs it: serve_config.yaml, HAProxy in front and gRPC "
         "between replicas (RAY_SERVE_ENABLE_HA_PROXY=1, RAY_SERVE_THROUGHPUT_OPTIMIZED=1), "
@@ -379,6 +427,9 @@ def main() -> None:
                 f"{f['samples_per_sec']:.1f} samples/s."
             )
             lines.append("")
+    cuda = load(args.results, "cuda")
+    if cuda:
+        lines += [*cuda_section(cuda), ""]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
     print(f"wrote {args.out}")

@@ -1,0 +1,38 @@
+"""How a training job sizes its workers on the CPUs the nodes have free (pure arithmetic; the
+jobs in test_training.py and test_multinode.py run it against real clusters)."""
+
+import pytest
+
+from train.job import MIN_CPU_SHARE, widest_share, workers_that_fit
+
+
+@pytest.mark.parametrize(
+    ("free", "workers", "share"),
+    [
+        ([1.0], 1, 1.0),
+        ([1.0], 2, 0.5),  # one node: split it
+        ([2.0, 1.0], 2, 1.0),  # not 1.5 each: no node has 1.5 left beside another 1.5
+        ([2.0, 2.0], 2, 2.0),
+        ([1.0, 0.2], 2, 0.5),  # both on the larger node beats 0.2 each
+        ([0.5, 0.5, 0.5], 3, 0.5),
+        ([0.25, 0.25], 2, 0.25),
+    ],
+)
+def test_the_widest_share_that_fits_every_worker(
+    free: list[float], workers: int, share: float
+) -> None:
+    assert widest_share(free, workers) == pytest.approx(share)
+    assert workers_that_fit(free, widest_share(free, workers)) >= workers
+
+
+def test_no_share_when_nothing_is_free() -> None:
+    assert widest_share([], 2) == 0.0
+    assert widest_share([0.0, 0.0], 1) == 0.0
+    assert workers_that_fit([1.0], 0.0) == 0
+    assert widest_share([0.15], 2) < MIN_CPU_SHARE  # refused by cpu_share as "no room"
+
+
+def test_an_asked_share_fits_only_whole_workers_per_node() -> None:
+    assert workers_that_fit([2.0, 1.0], 1.5) == 1
+    assert workers_that_fit([2.0, 1.0], 1.0) == 3
+    assert workers_that_fit([0.3 * 3], 0.3) == 3  # float rounding does not lose a worker
