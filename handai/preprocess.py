@@ -154,9 +154,10 @@ def _reduce(gray: NDArray[np.uint8], work_side: int) -> NDArray[np.uint8]:
 
 def dark_background(gray: NDArray[np.uint8]) -> bool:
     """Light ink on dark? Evenly lit images (scans, screenshots, MNIST) are judged by their
-    border, which is mostly paper even where the digit touches it. Photos are judged by their
-    bulk and its far tail: light ink on dark needs both a dark bulk (the median) and more
-    deviation above the median than below it, so a shadow over half a page does not flip it.
+    border, which is mostly paper even where the digit touches it. A crop its digit fills is
+    judged by which tone is in fewer pieces. Photos are judged by their bulk and its far
+    tail: light ink on dark needs both a dark bulk (the median) and more deviation above the
+    median than below it, so a shadow over half a page does not flip it.
     """
     levels = gray.astype(np.float32)
     if max(gray.shape) <= SCAN_SIDE or _evenly_lit(gray):

@@ -4,15 +4,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from handai.preprocess import preprocess
+from handai.preprocess import normalize, preprocess
 from tests.images import MNIST
+from train.augment import AugmentConfig, build_augment
 from train.data import (
     IMAGES_MAGIC,
     LABELS_MAGIC,
     DataError,
     load_split,
+    model_input,
     read_idx,
     read_raw,
     train_val,
@@ -105,3 +108,14 @@ def test_training_input_equals_serving_input(tmp_path: Path) -> None:
         served = preprocess(png.getvalue())
         assert served.inverted
         np.testing.assert_allclose(served.preview, prepared, atol=1)
+
+
+def test_model_input_augments_then_normalizes_like_serving() -> None:
+    ink = torch.zeros(4, 1, 28, 28)
+    ink[:, 0, 6:22, 12:16] = 1.0
+    expected = torch.from_numpy(normalize(ink.numpy()))
+    torch.testing.assert_close(model_input(ink), expected)  # what preprocess() hands the model
+    torch.manual_seed(0)
+    moved = model_input(ink, build_augment(AugmentConfig(aug_translate=0.2)))
+    assert moved.shape == ink.shape and not torch.allclose(moved, expected)
+    assert torch.isclose(moved.min(), expected.min())  # paper stays the normalized background

@@ -24,7 +24,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from handai.model import build_model
-from handai.preprocess import MNIST_MEAN, MNIST_STD
 from handai.storage import location, write_whole
 from train.augment import NONE, AugmentConfig, build_augment
 from train.data import DigitDataset, load_split, model_input, train_val
@@ -97,7 +96,7 @@ def logits_of(
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(images[start : start + batch_size]).float().div_(255.0)
-            outs.append(model(((x - MNIST_MEAN) / MNIST_STD).unsqueeze(1)).float())
+            outs.append(model(model_input(x.unsqueeze(1))).float())
     return torch.cat(outs)
 
 
