@@ -3,9 +3,9 @@
     python -m benchmarks.cuda --data ../shared/data --out artifacts/bench/cuda.json
 
 - The forward pass as the Model replica runs it on a GPU (handai.backends' torch forwards:
-  batch in from and logits out to the CPU), fp32 and bf16, median ms at batch 1, 9, 32 and
-  256, images/s at 1024, the plan the service would pick, and bf16's agreement with fp32 on
-  MNIST test through the real preprocessing.
+  batch in from and logits out to the CPU, so each call waits for the GPU), fp32 and bf16,
+  median ms at batch 1, 9, 32 and 256, images/s at 1024, the plan the service would pick,
+  and bf16's agreement with fp32 on MNIST test through the real preprocessing.
 - Training with the loop's own pieces (DigitDataset, BatchAugment on the GPU, bf16 autocast,
   SGD): samples/s without and with the wild augmentation, and one whole augmented MNIST
   epoch (55,000 images) with its validation accuracy.
@@ -16,41 +16,26 @@ from __future__ import annotations
 
 import argparse
 import functools
-import io
 import json
-import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-from PIL import Image
 from torch.utils.data import DataLoader
 
+from benchmarks.forward import median_ms
 from handai import registry
 from handai.backends import Forward, candidates, fastest
 from handai.model import build_model
 from handai.preprocess import preprocess
 from train.augment import WILD, BatchAugment
-from train.data import DigitDataset, load_split, model_input, read_raw, train_val
+from train.data import DigitDataset, load_split, model_input, train_val
+from train.evaluate import mnist_test
 
 SIZES = (1, 9, 32, 256)
-
-
-def median_ms(fn: Callable[[], object], runs: int = 100) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return round(statistics.median(times) * 1000, 3)
 
 
 def forward_figures(forwards: dict[str, Forward]) -> dict[str, Any]:
@@ -59,7 +44,7 @@ def forward_figures(forwards: dict[str, Forward]) -> dict[str, Any]:
         row: dict[str, float] = {}
         for size in SIZES:
             batch = torch.randn(size, 1, 28, 28)
-            row[str(size)] = median_ms(functools.partial(forward, batch))
+            row[str(size)] = median_ms(functools.partial(forward, batch), 100)
         big = torch.randn(1024, 1, 28, 28)
         row["images_per_s_1024"] = round(
             1024 / (median_ms(functools.partial(forward, big), 30) / 1000)
@@ -70,13 +55,8 @@ def forward_figures(forwards: dict[str, Forward]) -> dict[str, Any]:
 
 
 def agreement(forwards: dict[str, Forward], data: Path) -> dict[str, Any]:
-    images, labels = read_raw(data / "mnist", "test")
-    pixels = []
-    for image in images:
-        buf = io.BytesIO()
-        Image.fromarray(image).save(buf, format="PNG")
-        pixels.append(preprocess(buf.getvalue()).pixels)
-    batch = torch.from_numpy(np.concatenate(pixels))
+    blobs, labels = mnist_test(data)
+    batch = torch.from_numpy(np.concatenate([preprocess(blob).pixels for blob in blobs]))
     digits = {
         name: torch.cat([f(batch[i : i + 1024]) for i in range(0, len(batch), 1024)]).argmax(1)
         for name, f in forwards.items()

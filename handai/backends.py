@@ -182,12 +182,13 @@ def _converted(ov: Any, core: Any, module: nn.Module, sha256: str) -> Any:
 def candidates(
     module: nn.Module, sha256: str, backend: Backend, threads: int
 ) -> dict[str, Forward]:
-    if torch.cuda.is_available():  # a copy on the GPU: the caller's module stays on the CPU
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:  # plain torch on a copy on the GPU: the caller's module stays on the CPU
         module = copy.deepcopy(module).to("cuda")
     torch_ones: dict[str, Forward] = {
         f.name: f for f in (TorchForward(module), TorchForward(module, bf16=True))
     }
-    if backend == "torch" or torch.cuda.is_available():
+    if backend == "torch" or on_gpu:
         return torch_ones
     found = openvino_forwards(module, sha256, threads)
     if backend == "openvino" and found:

@@ -4,6 +4,7 @@ redis-server, and model files written by the registry."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -221,11 +222,24 @@ def registry_with(storage: Path, *model_ids: str) -> Path:
     return models
 
 
-def free_ports() -> Ports:
-    """Free ports for this cluster; its replicas' port ranges apart from make serve's
-    (30000, 40000) and from tests/test_cluster.py's (shifted down by 1000-6000)."""
-    ranges = {"replica_http": 21000, "replica_grpc": 22000}
+def free_ports(replica_http: int = 21000, replica_grpc: int = 22000) -> Ports:
+    """Free ports for a test cluster, its replicas' port ranges given: by default apart from
+    make serve's (30000, 40000) and from tests/test_cluster.py's (shifted down by 1000-6000)."""
+    ranges = {"replica_http": replica_http, "replica_grpc": replica_grpc}
     return Ports(**{name: ranges.get(name) or free_port() for name in Ports.__dataclass_fields__})
+
+
+@contextlib.contextmanager
+def started(cluster: Cluster, work: Path) -> Iterator[None]:
+    """A test cluster from `ray start` to its processes stopped and its folders removed,
+    whatever happens in between."""
+    try:
+        cluster.start()
+        yield
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.folder, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -264,14 +278,9 @@ def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
         env=cluster.cli_env(),
         cluster=cluster,
     )
-    try:
-        cluster.start()
+    with started(cluster, work):
         cluster.deploy(config_path)
         cluster.wait_running([app["name"] for app in config["applications"]])
         for url in (svc.url, svc.secure_url, svc.tight_url):
             wait_ready(url)
         yield svc
-    finally:
-        cluster.stop()
-        shutil.rmtree(cluster.folder, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)

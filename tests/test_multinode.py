@@ -11,7 +11,6 @@ then training with a worker on each node that survives losing one.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,12 +28,12 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from benchmarks.load import ReaderThreads
-from deployments.cluster import BIN, Cluster, Node, Ports
+from deployments.cluster import BIN, Cluster, Node
 from deployments.multinode import HEAD_RESOURCE, spread
 from handai.manifest import parse_manifest
 from handai.registry import MANIFEST_FILE
 from tests.browser import headless_chromium
-from tests.conftest import ADMIN_KEY, ROOT, Listener, free_port, registry_with
+from tests.conftest import ADMIN_KEY, ROOT, Listener, free_port, free_ports, registry_with, started
 from tests.images import DATA, HWD, MNIST
 
 pytestmark = pytest.mark.multinode
@@ -85,8 +84,7 @@ def nodes(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
     work = tmp_path_factory.mktemp("two-nodes")
     storage = work / "storage"  # one folder both nodes read: the shared storage.root
     model_dir = registry_with(storage, "test-a", "test-b")
-    apart = {"replica_http": 23000, "replica_grpc": 24000}  # from make serve's and the tests'
-    ports = Ports(**{name: apart.get(name) or free_port() for name in Ports.__dataclass_fields__})
+    ports = free_ports(replica_http=23000, replica_grpc=24000)  # apart from the others
     cluster = Cluster(
         ports=ports,
         state=Path(tempfile.mkdtemp(prefix="handai-n")),
@@ -104,17 +102,12 @@ def nodes(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
     config_path = work / "serve_config.yaml"
     config_path.write_text(yaml.safe_dump(config))
     two = TwoNodes(cluster, worker_node(), model_dir, storage / "artifacts")
-    try:
-        cluster.start()
+    with started(cluster, work):
         cluster.add_node(two.worker)
         cluster.deploy(config_path)
         cluster.wait_running(["handai"])
         wait_spread(two)
         yield two
-    finally:
-        cluster.stop()
-        shutil.rmtree(cluster.folder, ignore_errors=True)
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def replicas(two: TwoNodes) -> dict[str, list[dict[str, Any]]]:
