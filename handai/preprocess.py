@@ -3,12 +3,13 @@
 decode -> polarity -> ink strength -> keep the digit's ink -> deskew -> fit 20x20 -> centre of
 mass in 28x28 -> normalize. Ink strength has two paths: small images (scans, MNIST itself) use a
 global Otsu split of a flat background; larger ones (photos, screenshots) divide out a
-background estimate first, so shadows and light falloff are not ink, and drop ruled and grid
-lines that are fainter than the ink. Training runs MNIST through the same `prepare_pixels`, so
-served and training inputs match; any change to what MNIST goes through (the scan path)
-must bump SIGNATURE so old models are refused at load. Polarity and the photo path are never
-reached by MNIST's 28x28 images: they may change under the same SIGNATURE when
-`train.data.preprocess_mnist` still gives byte-identical training images.
+background estimate first, so shadows and light falloff are not ink, drop ruled and grid
+lines that are fainter than the ink, and set aside pieces with soft outlines (what the
+background estimate leaves of a hard shadow's curved edge). Training runs MNIST through the
+same `prepare_pixels`, so served and training inputs match; any change to what MNIST goes
+through (the scan path) must bump SIGNATURE so old models are refused at load. Polarity and
+the photo path are never reached by MNIST's 28x28 images: they may change under the same
+SIGNATURE when `train.data.preprocess_mnist` still gives byte-identical training images.
 """
 
 from __future__ import annotations
@@ -50,8 +51,12 @@ TONE_RATIO = 0.3
 MIN_STRENGTH = 0.10  # photos: ink darkens the paper by at least 10 %; less is blank
 MAX_INK_FRACTION = 0.7  # far more "ink" than paper is not a digit on a background (a tight
 # crop of a 1 can be two-thirds ink)
-LINE_FAINTNESS = 0.55  # a long straight stroke fainter than this share of the ink is a ruled line
+LINE_FAINTNESS = 0.7  # a long straight stroke fainter than this share of the ink is a ruled line
+LINE_BAND = 7  # pixels across a ruled line searched for it (it may tilt); the line is thinner
 MAX_DESKEW_DEG = 10.0
+SOFT_EDGE = 0.12  # outline slope per unit of darkness below which a piece is a shadow's edge
+MIN_SOFT_PIECE = 0.002  # share of the image: smaller pieces are too few pixels to judge
+MAX_FLOOR = 0.6  # the paper's grain never hides more than this share of the ink's darkness
 MAX_LIKE_PIECES = 8  # more ink pieces as big as half the largest: a pattern, not one digit
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -281,11 +286,72 @@ def photo_ink(gray: NDArray[np.uint8], line_reach: tuple[float, float] = (1 / 3,
             "preprocessing_failed",
             f"no ink found: the darkest marks are {ink_level:.0%} darker than the paper",
         )
-    # A share of the ink's own darkness: a small pencil digit has too few pixels for Otsu.
-    cut = 0.35 * ink_level
-    mask = darkening > max(cut, _noise_floor(darkening[darkening <= cut]))
+    mask = _ink_mask(darkening, ink_level)
+    soft = _soft_pieces(gray, darkening, mask)
+    if soft.any():  # a shadow's edge, often darker than pencil: not ink, nor the ink's level
+        darkening = np.where(soft, np.float32(0.0), darkening)
+        ink_level = float(np.percentile(darkening, 99.9))
+        if ink_level < MIN_STRENGTH:
+            raise HandaiError(
+                "preprocessing_failed",
+                f"no ink found: the darkest marks are {ink_level:.0%} darker than the paper "
+                "(shadows aside)",
+            )
+        mask = _ink_mask(darkening, ink_level)
     _check_fraction(mask)
     return Ink(darkening, mask, photo=True)
+
+
+def _ink_mask(darkening: NDArray[np.float32], ink_level: float) -> NDArray[np.bool_]:
+    """A share of the ink's own darkness: a small pencil digit has too few pixels for Otsu."""
+    cut = 0.35 * ink_level
+    # Capped: blurred edges, not grain, below the cut (a crop scaled up from a small scan).
+    floor = min(_noise_floor(darkening[darkening <= cut]), MAX_FLOOR * ink_level)
+    mask: NDArray[np.bool_] = darkening > max(cut, floor)
+    return mask
+
+
+def _soft_pieces(
+    gray: NDArray[np.uint8], darkening: NDArray[np.float32], mask: NDArray[np.bool_]
+) -> NDArray[np.bool_]:
+    """Ink pieces whose outline is soft: what the background estimate left of a shadow.
+
+    A stroke's edge rises to its darkness within a pixel or two; the edge of a shadow is
+    blurred over many (and the inner side of what is left of it is no edge at all). Measured
+    per piece: the median, along its outline, of the steepest slope within two pixels, per
+    unit of its darkness. SOFT_EDGE was chosen on 500 rendered pencil photos: 0.06-0.15 all
+    read within a point of each other, and better than none.
+    """
+    labels, _count = ndimage.label(mask, structure=_EIGHT)
+    sizes = np.bincount(labels.ravel())[1:]
+    big = np.flatnonzero(sizes >= MIN_SOFT_PIECE * mask.size)
+    soft = np.zeros_like(mask)
+    if big.size == 0:
+        return soft
+    level = cv2.GaussianBlur(gray.astype(np.float32), (0, 0), 1.0)
+    gx = cv2.Sobel(level, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(level, cv2.CV_32F, 0, 1, ksize=3)
+    paper = np.maximum(gray / np.maximum(1.0 - darkening, 0.05), 1.0)
+    slope = np.hypot(gx, gy) / (8.0 * paper)  # Sobel's 3x3 weights sum to 8
+    # The steepest slope next to each outline pixel: the cut can fall beside an edge's peak.
+    slope = cv2.dilate(slope, np.ones((5, 5), np.uint8))
+    boxes = ndimage.find_objects(labels)
+    sharp = 0
+    for index in big:
+        box = boxes[index]
+        assert box is not None
+        piece = labels[box] == index + 1
+        outline = piece & ~ndimage.binary_erosion(piece, structure=_EIGHT)
+        edge = float(np.median(slope[box][outline]))
+        if edge < SOFT_EDGE * float(np.median(darkening[box][piece])):
+            soft[box] |= piece
+        else:
+            sharp += 1
+    if not sharp:  # nothing sharper to tell it from: the whole image is soft (scaled up)
+        return np.zeros_like(mask)
+    # With its blurred rim, which is below the ink cut but above the paper.
+    grown: NDArray[np.bool_] = cv2.dilate(soft.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    return grown
 
 
 def strength_of(ink: Ink, keep: NDArray[np.bool_]) -> NDArray[np.float32]:
@@ -334,25 +400,37 @@ def _divide(level: NDArray[np.float32], background: NDArray[np.float32]) -> NDAr
 def remove_lines(
     darkening: NDArray[np.float32], reach: tuple[float, float] = (1 / 3, 1 / 3)
 ) -> NDArray[np.float32]:
-    """Zero ruled and grid lines: long, nearly straight, and fainter than the ink.
+    """Zero ruled and grid lines: long, nearly straight, thin, and fainter than the ink.
 
-    A slightly tilted line is first thickened across its direction, then found by an opening
-    with a long bar (`reach`: a share of the width for rules, of the height for grid lines).
+    A slightly tilted line is first thickened across its direction (LINE_BAND pixels), then
+    found by an opening with a long bar (`reach`: a share of the width for rules, of the
+    height for grid lines). Only the line's own thin ridge goes: a pencil stroke as faint as
+    the line, crossing it, is wider across the line than the line is, and stays whole.
     """
     h, w = darkening.shape
     ink_level = float(np.percentile(darkening, 99.9))
-    lines = np.zeros_like(darkening)
+    on_line = np.zeros(darkening.shape, dtype=bool)
     along_x, along_y = int(w * reach[0]), int(h * reach[1])
-    for length, across, along in ((along_x, (1, 7), (along_x, 1)), (along_y, (7, 1), (1, along_y))):
+    for length, across, along in (
+        (along_x, (1, LINE_BAND), (along_x, 1)),
+        (along_y, (LINE_BAND, 1), (1, along_y)),
+    ):
         if length < 16:
             continue
-        thick = cv2.dilate(darkening, cv2.getStructuringElement(cv2.MORPH_RECT, across))
-        found = cv2.morphologyEx(thick, cv2.MORPH_OPEN, np.ones(along[::-1], np.uint8))
-        np.maximum(lines, found, out=lines)
-    # A faint line, and a pixel no darker than the line there: a stroke that crosses a line
-    # is darker than it, and a digit's own long straight stroke is not faint.
-    faint = (lines > 0.03) & (lines < LINE_FAINTNESS * ink_level) & (darkening <= 1.5 * lines)
-    cleaned: NDArray[np.float32] = np.where(faint, 0.0, darkening).astype(np.float32)
+        band = cv2.getStructuringElement(cv2.MORPH_RECT, across)
+        thick = cv2.dilate(darkening, band)
+        lines = cv2.morphologyEx(thick, cv2.MORPH_OPEN, np.ones(along[::-1], np.uint8))
+        # Darkness narrower than the band across the line's direction: the line itself.
+        ridge = darkening - cv2.morphologyEx(darkening, cv2.MORPH_OPEN, band)
+        # A faint line, and a pixel no darker than the line there: a stroke that crosses a
+        # line is darker than it, and a digit's own long straight stroke is not faint.
+        on_line |= (
+            (lines > 0.03)
+            & (lines < LINE_FAINTNESS * ink_level)
+            & (darkening <= 1.5 * lines)
+            & (ridge >= 0.5 * darkening)
+        )
+    cleaned: NDArray[np.float32] = np.where(on_line, 0.0, darkening).astype(np.float32)
     return cleaned
 
 

@@ -2,6 +2,7 @@ import io
 import time
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +17,7 @@ from handai.preprocess import (
     MNIST_STD,
     _evenly_lit,
     _pieces,
+    _soft_pieces,
     dark_background,
     decode,
     deskew,
@@ -331,6 +333,16 @@ def test_ruled_lines_go_and_strokes_across_them_stay() -> None:
     assert (cleaned[100:104, 40:90] == 0.9).all()
 
 
+def test_a_pencil_stroke_as_faint_as_the_lines_is_not_cut_where_it_crosses_them() -> None:
+    side = 200
+    darkening = np.zeros((side, side), np.float32)
+    darkening[20::12, :] = 0.19  # ruled lines, a little fainter than the pencil
+    darkening[30:170, 96:104] = 0.28  # a pencil "1" across eleven of them
+    cleaned = remove_lines(darkening)
+    assert cleaned[20, 10] == 0.0 and cleaned[140, 150] == 0.0  # lines gone
+    assert (cleaned[30:170, 96:104] == 0.28).all()  # the stroke whole, crossings included
+
+
 def test_a_stray_mark_away_from_the_digit_is_dropped() -> None:
     mask = np.zeros((200, 200), dtype=bool)
     mask[40:140, 60:68] = True  # the digit
@@ -421,3 +433,33 @@ def test_a_pattern_of_same_sized_marks_is_not_one_digit() -> None:
     with pytest.raises(HandaiError, match="no single digit") as err:
         preprocess(encode(Image.fromarray(keys), "JPEG"))
     assert err.value.code == "preprocessing_failed"
+
+
+def pencil_under_a_hard_shadow(shadow: bool) -> bytes:
+    """A faint pencil 7 on paper and, optionally, the edge of a phone's shadow coming into the
+    frame beside it: darker than the pencil, and too narrow a sliver of shadow for the
+    background estimate to follow."""
+    side = 400
+    digit = np.zeros((side, side), np.float32)
+    digit[40:200, 40:200] = wild.pen_ink(hwd_digit(SEVEN_HWD), 160, np.random.default_rng(0), 0.8)
+    light = np.ones((side, side), np.float32)
+    if shadow:
+        mask = np.zeros((side, side), np.uint8)
+        cv2.ellipse(mask, (560, 260), (200, 150), 0, 0, 360, 255, -1)
+        light -= 0.5 * np.asarray(cv2.GaussianBlur(mask / 255.0, (0, 0), 10.0), np.float32)
+    img = (230.0 * (1.0 - 0.2 * digit)) * light
+    return encode(Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)), "JPEG", quality=80)
+
+
+def test_a_hard_shadows_edge_is_not_taken_for_the_digit() -> None:
+    upload = pencil_under_a_hard_shadow(shadow=True)
+    gray = decode(upload, max_side=1024)
+    darkening = remove_lines(flatten(gray))
+    ink_level = float(np.percentile(darkening, 99.9))
+    edge = _soft_pieces(gray, darkening, darkening > 0.35 * ink_level)
+    h, w = gray.shape
+    assert edge[:, w * 3 // 4 :].any()  # what the estimate leaves of the shadow is set aside,
+    assert not edge[: h // 2, : w // 2].any()  # the pencil strokes are not
+    alone = preprocess(pencil_under_a_hard_shadow(shadow=False)).pixels.ravel()
+    read = preprocess(upload).pixels.ravel()
+    assert np.corrcoef(alone, read)[0, 1] > 0.9  # the model sees the 7, not the shadow
