@@ -9,12 +9,16 @@ from PIL import Image
 
 from handai.preprocess import normalize, preprocess
 from tests.images import MNIST
+from train import wild
 from train.augment import AugmentConfig, build_augment
 from train.data import (
     IMAGES_MAGIC,
     LABELS_MAGIC,
+    RENDER_SEEDS,
     DataError,
+    joined,
     load_split,
+    load_wild,
     model_input,
     read_idx,
     read_raw,
@@ -119,3 +123,24 @@ def test_model_input_augments_then_normalizes_like_serving() -> None:
     moved = model_input(ink, build_augment(AugmentConfig(aug_translate=0.2)))
     assert moved.shape == ink.shape and not torch.allclose(moved, expected)
     assert torch.isclose(moved.min(), expected.min())  # paper stays the normalized background
+
+
+def test_wild_renders_are_what_the_read_path_makes_of_them_and_are_cached(
+    tmp_path: Path,
+) -> None:
+    """Rendered uploads of the given digits, read as served, with their digits' labels."""
+    source = load_split(MNIST, "test", tmp_path, limit=50)
+    rendered = load_wild(source, 3, seed=1, cache_dir=tmp_path)
+    assert rendered.images.shape[1:] == (28, 28) and rendered.images.dtype == np.uint8
+    assert 8 <= len(rendered.labels) <= 12  # 3 per style; a refused upload is left out
+    assert set(rendered.labels.tolist()) <= set(source.labels.tolist())
+    first = next(
+        wild.render(wild.STYLES[0], source.images, source.labels, 3, RENDER_SEEDS + 10_000)
+    )
+    np.testing.assert_array_equal(rendered.images[0], preprocess(first.data).preview)
+    assert rendered.labels[0] == first.label
+    assert len(list(tmp_path.glob("wild-3-*.npz"))) == 1
+    again = load_wild(source, 3, seed=1, cache_dir=tmp_path)
+    np.testing.assert_array_equal(again.images, rendered.images)
+    both = joined(source, rendered)
+    assert len(both.labels) == len(source.labels) + len(rendered.labels)

@@ -1,9 +1,12 @@
 """How a training job sizes its workers on the CPUs the nodes have free (pure arithmetic; the
-jobs in test_training.py and test_multinode.py run it against real clusters)."""
+jobs in test_training.py and test_multinode.py run it against real clusters), and what its
+command line takes."""
 
 import pytest
+from pydantic import ValidationError
 
-from train.job import MIN_CPU_SHARE, widest_share, workers_that_fit
+from train.job import MIN_CPU_SHARE, parse_args, widest_share, workers_that_fit
+from train.request import JobRequest
 
 
 @pytest.mark.parametrize(
@@ -36,3 +39,13 @@ def test_an_asked_share_fits_only_whole_workers_per_node() -> None:
     assert workers_that_fit([2.0, 1.0], 1.5) == 1
     assert workers_that_fit([2.0, 1.0], 1.0) == 3
     assert workers_that_fit([0.3 * 3], 0.3) == 3  # float rounding does not lose a worker
+
+
+def test_wild_renders_come_from_the_command_line_or_the_job_body() -> None:
+    job, _ = parse_args(["--model-id", "m1", "--wild-renders", "3000"])
+    assert job.wild_renders == 3000
+    job, _ = parse_args(["--job-json", '{"model_id": "m1", "wild_renders": 20}'])
+    assert job.wild_renders == 20
+    assert parse_args(["--model-id", "m1"])[0].wild_renders == 0  # off unless asked for
+    with pytest.raises(ValidationError):
+        JobRequest.model_validate({"model_id": "m1", "wild_renders": -1})

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import inspect
 import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +17,10 @@ import torch
 from numpy.typing import NDArray
 from torch.utils.data import Dataset
 
+import handai.preprocess
 from handai.errors import HandaiError
-from handai.preprocess import MNIST_MEAN, MNIST_STD, SIGNATURE, prepare_pixels
+from handai.preprocess import MNIST_MEAN, MNIST_STD, SIGNATURE, prepare_pixels, preprocess
+from train import wild
 from train.augment import BatchAugment
 
 log = logging.getLogger(__name__)
@@ -26,6 +32,10 @@ FILES = {
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 VAL_SIZE = 5000
+RENDER_CHUNK = 500  # rendered uploads per task
+# Render seeds far from those train.evaluate renders its sets with (0, 1, ...): training never
+# sees the evaluation's papers, shadows and lines, only its own.
+RENDER_SEEDS = 1_000_000
 
 
 class DataError(Exception):
@@ -109,6 +119,59 @@ def train_val(full: Split, seed: int, val_size: int = VAL_SIZE) -> tuple[Split, 
     order = np.random.default_rng(seed).permutation(len(full.labels))
     val, train = order[:val_size], order[val_size:]
     return Split(full.images[train], full.labels[train]), Split(full.images[val], full.labels[val])
+
+
+def load_wild(source: Split, per_style: int, seed: int, cache_dir: Path) -> Split:
+    """Uploads train.wild renders from `source` (training digits, never validation or test
+    ones), `per_style` of each style, put through the whole read path as served: what the
+    model sees of phone photos, pencil, screenshots and tight crops, shadow remnants and
+    stray marks included. Uploads the read path refuses are left out. Cached per version of
+    the renderer and the preprocessing."""
+    key = hashlib.sha256(
+        inspect.getsource(handai.preprocess).encode()
+        + inspect.getsource(wild).encode()
+        + source.images.tobytes()
+        + f"{per_style}/{seed}".encode()
+    ).hexdigest()[:16]
+    cache = cache_dir / f"wild-{per_style}-{key}.npz"
+    if cache.is_file():
+        with np.load(cache) as stored:
+            return Split(stored["images"], stored["labels"])
+    log.info("rendering and preprocessing %d uploads per style (cached at %s)", per_style, cache)
+    chunks = [
+        (style, source, min(RENDER_CHUNK, per_style - start), RENDER_SEEDS + seed * 10_000 + start)
+        for style in wild.STYLES
+        for start in range(0, per_style, RENDER_CHUNK)
+    ]
+    # Rendering a photo costs ~25 ms: every core takes a share (spawned: torch is loaded).
+    with ProcessPoolExecutor(os.cpu_count(), mp_context=get_context("spawn")) as pool:
+        parts = list(pool.map(_render, *zip(*chunks, strict=True)))
+    rendered = Split(
+        np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts])
+    )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{np.random.randint(1 << 30)}.tmp.npz")
+    np.savez(tmp, images=rendered.images, labels=rendered.labels)
+    tmp.rename(cache)
+    return rendered
+
+
+def _render(style: wild.Style, source: Split, n: int, seed: int) -> Split:
+    images, labels = [], []
+    for upload in wild.render(style, source.images, source.labels, n, seed):
+        try:
+            images.append(preprocess(upload.data).preview)
+        except HandaiError:
+            continue
+        labels.append(upload.label)
+    return Split(
+        np.stack(images) if images else np.zeros((0, 28, 28), np.uint8),
+        np.array(labels, dtype=np.int64),
+    )
+
+
+def joined(a: Split, b: Split) -> Split:
+    return Split(np.concatenate([a.images, b.images]), np.concatenate([a.labels, b.labels]))
 
 
 class DigitDataset(Dataset[tuple[torch.Tensor, int]]):

@@ -29,10 +29,11 @@ from handai.config import anchored, load_settings
 from handai.registry import save
 from handai.storage import Place, local_or, location
 from train.calibrate import LoaderSettings, loader_settings
-from train.data import load_split, train_val
+from train.data import load_split, load_wild, train_val
 from train.events import Events
+from train.refit import fit_on_validation
 from train.request import JobRequest
-from train.temperature import ece, fit_temperature
+from train.temperature import ece
 from train.trainer import (
     TrainConfig,
     default_memory_limit_mb,
@@ -64,6 +65,7 @@ def parse_args(argv: list[str]) -> tuple[JobRequest, argparse.Namespace]:
     p.add_argument("--augment", help="default | none | name=value,... (see train/augment.py)")
     p.add_argument("--num-workers", type=int)
     p.add_argument("--train-limit", type=int)
+    p.add_argument("--wild-renders", type=int, help="photo-like uploads per style, read as served")
     p.add_argument("--promote", action="store_true", default=None)
     p.add_argument("--notes")
     p.add_argument("--data-root", type=Path, help="folder of the MNIST IDX files")
@@ -105,6 +107,7 @@ def parse_args(argv: list[str]) -> tuple[JobRequest, argparse.Namespace]:
         "augment",
         "num_workers",
         "train_limit",
+        "wild_renders",
         "promote",
         "notes",
     ):
@@ -139,6 +142,10 @@ def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
     try:
         # Preprocess once here so workers read the cache instead of each redoing it.
         full = load_split(data_root, "train", cache_dir, job.train_limit)
+        rendered = 0
+        if job.wild_renders:
+            source = train_val(full, job.seed)[0]
+            rendered = len(load_wild(source, job.wild_renders, job.seed, cache_dir).labels)
         loader = loader_settings(args.calibrate, data_root, cache_dir)
         loader = loader.override(
             num_workers=job.num_workers,
@@ -163,6 +170,7 @@ def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
             data_root=data_root,
             cache_dir=cache_dir,
             train_limit=job.train_limit,
+            wild_renders=job.wild_renders,
             threads_per_worker=threads,
             loader_workers=loader.loader_workers,
             memory_limit_mb=default_memory_limit_mb(loader.num_workers),
@@ -213,6 +221,7 @@ def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
             loader,
             samples_per_sec=float((result.metrics or {}).get("samples_per_sec", 0.0)),
             duration_s=time.time() - started,
+            rendered=rendered,
         )
         events.publish("artifact", path=str(artifacts / job.model_id), **summary)
         if job.promote:
@@ -294,14 +303,11 @@ def _calibrate_and_save(
     *,
     samples_per_sec: float,
     duration_s: float,
+    rendered: int,
 ) -> dict[str, Any]:
     _, val = train_val(full, job.seed)
-    val_logits = logits_of(model, val.images)
-    val_labels = torch.from_numpy(val.labels)
-    temperature = fit_temperature(val_logits, val_labels)
-    val_acc = float((val_logits.argmax(1) == val_labels).float().mean())
-    ece_before = ece(torch.softmax(val_logits, 1), val_labels)
-    ece_after = ece(torch.softmax(val_logits / temperature, 1), val_labels)
+    fit = fit_on_validation(model, full, job.seed, cache_dir, job.wild_renders)
+    temperature, val_acc = fit.temperature, fit.val_acc
     # The test set is read here once, for the final figure; nothing above depends on it.
     test = load_split(data_root, "test", cache_dir)
     test_logits = logits_of(model, test.images)
@@ -312,8 +318,9 @@ def _calibrate_and_save(
         "val_acc": val_acc,
         "test_acc": test_acc,
         "temperature": temperature,
-        "ece_val_before": ece_before,
-        "ece_val_after": ece_after,
+        "ece_val_before": fit.ece_before,
+        "ece_val_after": fit.ece_after,
+        "temperature_fitted_on": {"validation_digits": fit.clean, "rendered_uploads": fit.rendered},
         "ece": test_ece,
         "epochs": job.epochs,
         "batch_size": job.batch_size,
@@ -325,7 +332,8 @@ def _calibrate_and_save(
         "samples_per_sec": samples_per_sec,
         "duration_s": duration_s,
         "loader": loader.model_dump(),
-        "train_images": len(full.labels) - len(val.labels),
+        "train_images": len(full.labels) - len(val.labels) + rendered,
+        "wild_renders": job.wild_renders,  # per style; `rendered` of them were read
     }
     fields = {k: v for k, v in summary.items() if k not in ("val_acc", "temperature")}
     save(

@@ -12,7 +12,8 @@ from train import augment as aug
 
 
 class JobRequest(BaseModel):
-    """The original service's job body (`digits.train.v1`) plus promote and train_limit."""
+    """The original service's job body (`digits.train.v1`) plus promote, train_limit and
+    wild_renders."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -31,6 +32,8 @@ class JobRequest(BaseModel):
     notes: Annotated[str, Field(max_length=2000)] = ""
     promote: bool = False
     train_limit: Annotated[int, Field(ge=100, le=60000)] | None = None
+    # Photo-like uploads rendered from the training digits, per style, read as served.
+    wild_renders: Annotated[int, Field(ge=0, le=20000)] = 0
     num_workers: Annotated[int, Field(ge=1, le=64)] | None = None
 
     @field_validator("augment", mode="before")

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from handai.model import build_model
 from handai.storage import location, write_whole
 from train.augment import NONE, AugmentConfig, build_augment
-from train.data import DigitDataset, load_split, model_input, train_val
+from train.data import DigitDataset, joined, load_split, load_wild, model_input, train_val
 from train.events import Events
 
 log = logging.getLogger(__name__)
@@ -57,6 +57,7 @@ class TrainConfig(BaseModel):
     cache_dir: Path
     progress_file: str | None = None  # a path or a URI (see handai.storage)
     train_limit: Annotated[int, Field(ge=100)] | None = None
+    wild_renders: Annotated[int, Field(ge=0)] = 0  # per style (train.data.load_wild)
     max_batches: Annotated[int, Field(ge=1)] | None = None  # per epoch; calibration runs
     threads_per_worker: Annotated[int, Field(ge=1, le=256)] = 1
     loader_workers: Annotated[int, Field(ge=0, le=32)] = 0
@@ -103,6 +104,8 @@ def logits_of(
 def _loaders(cfg: TrainConfig) -> tuple[DataLoader[Any], DataLoader[Any]]:
     full = load_split(cfg.data_root, "train", cfg.cache_dir, cfg.train_limit)
     train, val = train_val(full, cfg.seed)
+    if cfg.wild_renders:
+        train = joined(train, load_wild(train, cfg.wild_renders, cfg.seed, cfg.cache_dir))
     common: dict[str, Any] = {
         "num_workers": cfg.loader_workers,
         "persistent_workers": cfg.loader_workers > 0,
