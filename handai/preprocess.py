@@ -57,6 +57,7 @@ MAX_DESKEW_DEG = 10.0
 SOFT_EDGE = 0.12  # outline slope per unit of darkness below which a piece is a shadow's edge
 MIN_SOFT_PIECE = 0.002  # share of the image: smaller pieces are too few pixels to judge
 MAX_FLOOR = 0.6  # the paper's grain never hides more than this share of the ink's darkness
+SAME_PEN = 1.6  # strokes of one digit differ in darkness by less than this factor
 MAX_LIKE_PIECES = 8  # more ink pieces as big as half the largest: a pattern, not one digit
 _EIGHT = np.ones((3, 3), dtype=bool)
 
@@ -241,7 +242,9 @@ class Ink:
 def prepare_pixels(gray: NDArray[np.uint8]) -> tuple[NDArray[np.float32], float]:
     """Dark-on-light grayscale -> 28x28 ink intensities in [0, 1] (1 = ink), and the deskew."""
     ink = find_ink(gray)
-    return digit_pixels(strength_of(ink, keep_digit(ink.mask)))
+    # Photos: the pieces' darkness tells a stray mark from a stroke (scans keep MNIST's path).
+    keep = keep_digit(ink.mask, ink.values if ink.photo else None)
+    return digit_pixels(strength_of(ink, keep))
 
 
 def find_ink(gray: NDArray[np.uint8], line_reach: tuple[float, float] = (1 / 3, 1 / 3)) -> Ink:
@@ -454,11 +457,15 @@ def _check_fraction(mask: NDArray[np.bool_]) -> None:
         raise HandaiError("preprocessing_failed", "no ink found: the image is blank or uniform")
 
 
-def keep_digit(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+def keep_digit(
+    mask: NDArray[np.bool_], darkness: NDArray[np.float32] | None = None
+) -> NDArray[np.bool_]:
     """The largest 8-connected ink component plus the strokes that belong with it.
 
     A second stroke stays when it is big and close (the two halves of a 4) or near the main
-    body and not a speck (the bar of a 5); dots, specks and stray marks far away go.
+    body and not a speck (the bar of a 5); dots, specks and stray marks far away go. Given the
+    ink's `darkness`, a stroke written with another pen (SAME_PEN times darker or fainter than
+    the main body: a pen tick beside a pencil digit) goes too.
     """
     labels, _count = ndimage.label(mask, structure=_EIGHT)
     sizes = np.bincount(labels.ravel())[1:]
@@ -475,9 +482,14 @@ def keep_digit(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
             "(a pattern, keys, or several digits: /v1/read/number reads a number)",
         )
     kept = [main + 1]
+    main_dark = None if darkness is None else float(np.median(darkness[labels == main + 1]))
     for index, (size, box) in enumerate(zip(sizes, boxes, strict=True)):
         if index == main or box is None:
             continue
+        if darkness is not None and main_dark is not None:
+            ratio = float(np.median(darkness[box][labels[box] == index + 1])) / max(main_dark, 1e-3)
+            if not 1 / SAME_PEN <= ratio <= SAME_PEN:
+                continue
         gap = _gap(main_box, box)
         if (size >= 0.25 * largest and gap <= 0.6 * extent) or (
             size >= 0.04 * largest and gap <= 0.3 * extent

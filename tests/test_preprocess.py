@@ -352,6 +352,18 @@ def test_a_stray_mark_away_from_the_digit_is_dropped() -> None:
     assert kept[100, 64] and not kept[183, 170]
 
 
+def test_a_pen_tick_beside_a_pencil_digit_is_not_part_of_it() -> None:
+    darkness = np.zeros((200, 200), np.float32)
+    darkness[40:160, 96:102] = 0.2  # a pencil 1
+    darkness[30:34, 110:140] = 0.6  # a pen tick near its top, as big as a 7's bar
+    mask = darkness > 0.05
+    kept = keep_digit(mask, darkness)
+    assert kept[100, 98] and not kept[32, 120]
+    assert keep_digit(mask)[32, 120]  # by shape alone it would be the bar of a 7
+    darkness[30:34, 110:140] = 0.25  # the same stroke in the same pencil: part of the digit
+    assert keep_digit(mask, darkness)[32, 120]
+
+
 def test_pencil_is_read_and_blank_paper_refused() -> None:
     faint = on_paper(hwd_digit(SEVEN_HWD), shadow=0.4)  # then made pencil-faint below
     gray = decode(faint, max_side=1024).astype(np.float32)
