@@ -122,11 +122,12 @@ def train_val(full: Split, seed: int, val_size: int = VAL_SIZE) -> tuple[Split, 
 
 
 def load_wild(source: Split, per_style: int, seed: int, cache_dir: Path) -> Split:
-    """Uploads train.wild renders from `source` (training digits, never validation or test
-    ones), `per_style` of each style, put through the whole read path as served: what the
-    model sees of phone photos, pencil, screenshots and tight crops, shadow remnants and
-    stray marks included. Uploads the read path refuses are left out. Cached per version of
-    the renderer and the preprocessing."""
+    """Uploads train.wild renders from `source`'s digits (a job's training digits to train on,
+    its validation digits to fit the temperature on; never test digits), `per_style` of each
+    style, put through the whole read path as served: what the model sees of phone photos,
+    pencil, screenshots and tight crops, shadow remnants and stray marks included. Uploads
+    the read path refuses are left out. Cached per version of the renderer and the
+    preprocessing."""
     key = hashlib.sha256(
         inspect.getsource(handai.preprocess).encode()
         + inspect.getsource(wild).encode()
@@ -143,8 +144,10 @@ def load_wild(source: Split, per_style: int, seed: int, cache_dir: Path) -> Spli
         for style in wild.STYLES
         for start in range(0, per_style, RENDER_CHUNK)
     ]
-    # Rendering a photo costs ~25 ms: every core takes a share (spawned: torch is loaded).
-    with ProcessPoolExecutor(os.cpu_count(), mp_context=get_context("spawn")) as pool:
+    # Rendering a photo costs ~25 ms: every core takes a share (spawned: torch is loaded), at
+    # the lowest OS priority, as training's workers run, so a serving cluster keeps answering.
+    spawn = get_context("spawn")
+    with ProcessPoolExecutor(os.cpu_count(), mp_context=spawn, initializer=_lowest) as pool:
         parts = list(pool.map(_render, *zip(*chunks, strict=True)))
     rendered = Split(
         np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts])
@@ -154,6 +157,10 @@ def load_wild(source: Split, per_style: int, seed: int, cache_dir: Path) -> Spli
     np.savez(tmp, images=rendered.images, labels=rendered.labels)
     tmp.rename(cache)
     return rendered
+
+
+def _lowest() -> None:
+    os.nice(19)
 
 
 def _render(style: wild.Style, source: Split, n: int, seed: int) -> Split:
