@@ -3,7 +3,7 @@ as MNIST gives them and, with `wild_renders`, as uploads rendered from those sam
 (phone photos, pencil, screenshots, tight crops) and read by the serving preprocessing, so the
 confidence is calibrated on what users send, not on clean scans alone.
 
-    python -m train.refit --model seed/r18-wild-v2 --model-id r18-wild-v2t --out seed
+    python -m train.refit --model artifacts/my-digits-1 --model-id my-digits-1c --out artifacts
 
 writes a new model folder: the same weights under a new id with the refitted temperature
 (a model's id names what it answers, so the old folder is left as it is).
