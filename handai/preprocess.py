@@ -55,7 +55,7 @@ LINE_FAINTNESS = 0.7  # a long straight stroke fainter than this share of the in
 LINE_BAND = 7  # pixels across a ruled line searched for it (it may tilt); the line is thinner
 MAX_DESKEW_DEG = 10.0
 SOFT_EDGE = 0.12  # outline slope per unit of darkness below which a piece is a shadow's edge
-MIN_SOFT_PIECE = 0.002  # share of the image: smaller pieces are too few pixels to judge
+MIN_PIECE = 0.002  # share of the image: smaller ink pieces are specks, too few pixels to judge
 MAX_FLOOR = 0.6  # the paper's grain never hides more than this share of the ink's darkness
 SAME_PEN = 1.6  # strokes of one digit differ in darkness by less than this factor
 MAX_LIKE_PIECES = 8  # more ink pieces as big as half the largest: a pattern, not one digit
@@ -205,7 +205,7 @@ def _pieces(mask: NDArray[np.bool_]) -> int:
     if count == 0:
         return 0
     sizes = np.bincount(labels.ravel())[1:]
-    return int((sizes >= 0.002 * mask.size).sum())
+    return int((sizes >= MIN_PIECE * mask.size).sum())
 
 
 def _evenly_lit(gray: NDArray[np.uint8]) -> bool:
@@ -327,7 +327,7 @@ def _soft_pieces(
     """
     labels, _count = ndimage.label(mask, structure=_EIGHT)
     sizes = np.bincount(labels.ravel())[1:]
-    big = np.flatnonzero(sizes >= MIN_SOFT_PIECE * mask.size)
+    big = np.flatnonzero(sizes >= MIN_PIECE * mask.size)
     soft = np.zeros_like(mask)
     if big.size == 0:
         return soft

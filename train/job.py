@@ -31,14 +31,12 @@ from handai.storage import Place, local_or, location
 from train.calibrate import LoaderSettings, loader_settings
 from train.data import load_split, load_wild, train_val
 from train.events import Events
-from train.refit import fit_on_validation
+from train.refit import fit_on_validation, test_figures
 from train.request import JobRequest
-from train.temperature import ece
 from train.trainer import (
     TrainConfig,
     default_memory_limit_mb,
     load_checkpoint_model,
-    logits_of,
     train_loop,
 )
 
@@ -305,15 +303,9 @@ def _calibrate_and_save(
     duration_s: float,
     rendered: int,
 ) -> dict[str, Any]:
-    _, val = train_val(full, job.seed)
     fit = fit_on_validation(model, full, job.seed, cache_dir, job.wild_renders)
     temperature, val_acc = fit.temperature, fit.val_acc
-    # The test set is read here once, for the final figure; nothing above depends on it.
-    test = load_split(data_root, "test", cache_dir)
-    test_logits = logits_of(model, test.images)
-    test_labels = torch.from_numpy(test.labels)
-    test_acc = float((test_logits.argmax(1) == test_labels).float().mean())
-    test_ece = ece(torch.softmax(test_logits / temperature, 1), test_labels)
+    test_acc, test_ece = test_figures(model, temperature, data_root, cache_dir)
     summary: dict[str, Any] = {
         "val_acc": val_acc,
         "test_acc": test_acc,
@@ -332,7 +324,7 @@ def _calibrate_and_save(
         "samples_per_sec": samples_per_sec,
         "duration_s": duration_s,
         "loader": loader.model_dump(),
-        "train_images": len(full.labels) - len(val.labels) + rendered,
+        "train_images": len(full.labels) - fit.clean + rendered,
         "wild_renders": job.wild_renders,  # per style; `rendered` of them were read
     }
     fields = {k: v for k, v in summary.items() if k not in ("val_acc", "temperature")}

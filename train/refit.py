@@ -72,6 +72,18 @@ def fit_on_validation(
     )
 
 
+def test_figures(
+    model: nn.Module, temperature: float, data_root: Path, cache_dir: Path
+) -> tuple[float, float]:
+    """Accuracy and ECE on the MNIST test set: read once, for the final figures; nothing
+    chosen depends on them."""
+    test = load_split(data_root, "test", cache_dir)
+    logits = logits_of(model, test.images)
+    labels = torch.from_numpy(test.labels)
+    accuracy = float((logits.argmax(1) == labels).float().mean())
+    return accuracy, ece(torch.softmax(logits / temperature, 1), labels)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.refit", description=__doc__)
     parser.add_argument("--model", type=Path, required=True, help="a model folder")
@@ -88,11 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     seed = int(old.get("seed", 0))  # the validation split the model was trained beside
     fit = fit_on_validation(loaded.module, full, seed, args.cache_dir, args.wild_renders)
     kept = {k: v for k, v in old.items() if k not in NEW_FIELDS}
-    # The test set is read here once, for the final figure; nothing above depends on it.
-    test = load_split(args.data_root, "test", args.cache_dir)
-    test_probs = torch.softmax(logits_of(loaded.module, test.images) / fit.temperature, 1)
+    _, test_ece = test_figures(loaded.module, fit.temperature, args.data_root, args.cache_dir)
     kept.update(
-        ece=ece(test_probs, torch.from_numpy(test.labels)),
+        ece=test_ece,
         refit_from=loaded.manifest.model_id,
         ece_val_before=fit.ece_before,
         ece_val_after=fit.ece_after,
