@@ -12,12 +12,18 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from typing import NamedTuple
 
 from handai.errors import HandaiError
 
 SMOOTHING = 0.2  # weight of the newest batch in the running batch time
 WINDOW = 32  # busy answers the cost of a read is measured over
 FIRST_GUESS_S = 0.005  # seconds per read under load until a busy graph has been timed
+
+
+class Ticket(NamedTuple):
+    admitted_at: float  # perf_counter()
+    failures: int  # replica failures seen before it was admitted
 
 
 class Admission:
@@ -37,6 +43,7 @@ class Admission:
         self._last_done: float | None = None
         self._busy: deque[tuple[float, int]] = deque(maxlen=WINDOW)  # (gap, reads answered)
         self.down = False  # a batch found no live replica; cleared by the next answered one
+        self.failures = 0  # batches that lost a replica, ever: a read compares counts
 
     def expected_wait_s(self) -> float:
         """Time for the graph to answer everything admitted before a new read."""
@@ -68,13 +75,34 @@ class Admission:
                 retry_after_s=max(1, math.ceil(wait)),
             )
 
-    def admit(self) -> None:
+    def admit(self) -> Ticket:
         """Check, then count the read in; pair with `release` when it is answered."""
         self.check()
         self.pending += 1
+        return Ticket(time.perf_counter(), self.failures)
 
     def release(self) -> None:
         self.pending -= 1
+
+    def replica_failed(self, none_left: bool = False) -> None:
+        """A batch lost its replica; with `none_left` (its retry found no live one either) new
+        reads are told so at once until a batch is answered again."""
+        self.failures += 1
+        self.down = self.down or none_left
+
+    def timed_out(self, ticket: Ticket) -> HandaiError:
+        """What a read that ran out its deadline answers. When a replica died while it waited,
+        or the graph answered nothing at all since it was admitted (Serve holds calls to a
+        killed replica until its successor is up, ~10 s), the graph is being mended: 503, to
+        retry, and new reads are told so at once until a batch is answered again. A 504 is
+        left for a read that was slow while others were answered."""
+        stalled = self._last_done is None or self._last_done < ticket.admitted_at
+        self.down = self.down or stalled
+        if self.down or self.failures != ticket.failures:
+            return HandaiError(
+                "service_not_ready", "a replica is restarting; retry shortly", retry_after_s=1
+            )
+        return HandaiError("timeout", f"no answer within {self.deadline_s:g} s")
 
     def batch_done(self, size: int, began: float, now: float | None = None) -> None:
         """Learn from a batch of `size` reads sent at `began` (perf_counter) and answered now.

@@ -50,6 +50,11 @@ RAY_ENV = {
     # 1.0 ms, 32 clients 104 -> 164 reads/s, measured with benchmarks/load.py).
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    # No more connections than the Ingress takes requests (its max_ongoing_requests): past
+    # that, HAProxy's connects to the replica failed under a flood, it marked the replica
+    # down and answered its own 502/503s, which Serve rewrites to a bare 500. A flood now
+    # waits in the kernel's accept queue instead, and every answer is the service's own.
+    "RAY_SERVE_HAPROXY_MAXCONN": "1024",
 }
 
 

@@ -183,9 +183,12 @@ class IngressConfig(BaseModel):
     max_batches_in_flight: Annotated[int, Field(ge=1, le=64)] = 2
     # Reads admitted at once per replica; more answer 503 overloaded straight away.
     max_pending_reads: Annotated[int, Field(ge=1)] = 256
-    # Beyond a batch's worth of reads in flight, a read expected to wait longer than this
+    # Beyond `always_admit` reads in flight, a read expected to wait longer than this
     # answers 503 overloaded at once (as does one that would miss its deadline).
     max_wait_ms: Annotated[float, Field(gt=0.0)] = 200.0
+    # Up to this many reads in flight are admitted whatever the estimate: a stall (a model
+    # swap, one slow batch) must not turn a handful of clients away.
+    always_admit: Annotated[int, Field(ge=0)] = 32
 
 
 @dataclass(frozen=True)
@@ -368,7 +371,7 @@ class Ingress:
             cfg.max_wait_ms / 1000,
             self.timeout,
             max_pending=cfg.max_pending_reads,
-            always=cfg.max_batch_size,
+            always=cfg.always_admit,
         )
         self.reads = Batcher(self._read_batch, cfg.max_batch_size, cfg.max_batches_in_flight)
         self.switching = asyncio.Lock()
@@ -378,7 +381,7 @@ class Ingress:
         cfg = IngressConfig.model_validate(user_config)
         self.admission.max_pending = cfg.max_pending_reads
         self.admission.max_wait_s = cfg.max_wait_ms / 1000
-        self.admission.always = cfg.max_batch_size
+        self.admission.always = cfg.always_admit
         self.reads.max_batch_size = cfg.max_batch_size
         self.reads.max_in_flight = cfg.max_batches_in_flight
 
@@ -518,12 +521,12 @@ class Ingress:
         self.admission.check()
         form = await read_form(request)
         data = await single_file(form, "file", self.settings.digits.max_image_bytes)
-        self.admission.admit()
+        ticket = self.admission.admit()
         try:
             return await asyncio.wait_for(work(data), timeout=self.timeout)
         except TimeoutError:
             # A batch the read joined goes on for the others; a read still queued is dropped.
-            raise HandaiError("timeout", f"no answer within {self.timeout:g} s") from None
+            raise self.admission.timed_out(ticket) from None
         except BackPressureError:
             raise HandaiError("overloaded", "too many requests in flight; retry shortly") from None
         except RequestCancelledError:
@@ -566,13 +569,14 @@ class Ingress:
             # live replica. Briefly: with none left, waiting for a new one would only turn
             # these reads' 503 into a 504.
             log.warning("a replica stopped mid-batch; retrying %d read(s)", len(jobs))
+            self.admission.replica_failed()
             try:
                 answers, images = await asyncio.wait_for(self._through_graph(jobs), RETRY_WAIT_S)
             except TimeoutError:
-                self.admission.down = True  # no live replica: new reads are told so at once
+                self.admission.replica_failed(none_left=True)  # new reads are told at once
                 raise cause from None
             except Exception as again:
-                self.admission.down = True
+                self.admission.replica_failed(none_left=True)
                 raise (_handai_cause(again) or again) from None
         done = time.perf_counter()
         self.admission.batch_done(len(jobs), began, done)

@@ -121,3 +121,39 @@ def test_a_batch_worth_of_reads_is_admitted_whatever_the_estimate() -> None:
         adm.admit()
     with pytest.raises(HandaiError):
         adm.admit()
+
+
+def test_a_read_that_outlives_a_replica_death_is_told_to_retry_not_timed_out() -> None:
+    """Reads queued when a replica died, or probing while none is back, used to run out
+    their deadline and answer 504; the graph is being mended, so they answer 503."""
+    adm = Admission(max_wait_s=0.2, deadline_s=5.0, max_pending=256)
+    first = adm.admit()
+    adm.batch_done(8, began=first.admitted_at, now=first.admitted_at + 0.1)
+    late = adm.admit()  # admitted after that answer; the graph answers others meanwhile
+    adm.batch_done(8, began=late.admitted_at, now=late.admitted_at + 0.1)
+    assert adm.timed_out(late).code == "timeout"  # slow while others were answered
+    caught = adm.admit()
+    adm.replica_failed()  # its batch lost the replica; the retry is under way
+    adm.batch_done(8, began=caught.admitted_at, now=caught.admitted_at + 0.1)
+    refused = adm.timed_out(caught)
+    assert (refused.code, refused.retry_after_s) == ("service_not_ready", 1)
+    assert not adm.down  # one death with a survivor does not turn new reads away
+    adm.replica_failed(none_left=True)
+    for _ in (first, late, caught):
+        adm.release()
+    probe = adm.admit()  # a probe while none is live
+    assert adm.timed_out(probe).code == "service_not_ready"
+
+
+def test_a_graph_that_answers_nothing_for_a_whole_deadline_is_down() -> None:
+    """Serve holds a call to a killed replica until its successor starts: nothing fails,
+    nothing is answered. A read timing out then is told to retry, and so are new reads."""
+    adm = Admission(max_wait_s=0.2, deadline_s=5.0, max_pending=256)
+    held = [adm.admit() for _ in range(3)]
+    assert adm.timed_out(held[0]).code == "service_not_ready"
+    assert adm.down
+    with pytest.raises(HandaiError) as refused:
+        adm.admit()
+    assert refused.value.code == "service_not_ready"
+    adm.batch_done(3, began=held[0].admitted_at, now=held[0].admitted_at + 9.0)
+    assert not adm.down

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from deployments import kuberay
-from deployments.cluster import Ports
+from deployments.cluster import RAY_ENV, Ports
 from train.job import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +116,15 @@ def test_the_image_is_cpu_non_root_one_copy_and_stores_under_data() -> None:
     )
     assert "STORAGE__ROOT=/data" in DOCKERFILE and "APP__DATA_ROOT=/data" in DOCKERFILE
     assert f'version = "{VERSION}"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_haproxy_opens_no_more_connections_than_the_ingress_takes() -> None:
+    """Beyond the Ingress's max_ongoing_requests HAProxy's connects failed under a flood and
+    it answered bare 500s; `make serve` and the image cap its connections at that number."""
+    ingress = next(d for d in SERVE["applications"][0]["deployments"] if d["name"] == "Ingress")
+    limit = str(ingress["max_ongoing_requests"])
+    assert RAY_ENV["RAY_SERVE_HAPROXY_MAXCONN"] == limit
+    assert f"RAY_SERVE_HAPROXY_MAXCONN={limit}" in DOCKERFILE
 
 
 def test_service_ports_probes_and_secrets_agree() -> None:
