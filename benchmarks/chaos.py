@@ -398,6 +398,7 @@ def main() -> None:
         if "restarts" in parts:
             print("== restarts", flush=True)
             results["restarts"] = part_restarts(service, args.cycles)
+            results.setdefault("measured", {})["restarts"] = results["date"]
         if live:
             results["cold_start_s"] = service.start()
             for part in live:
@@ -416,6 +417,7 @@ def main() -> None:
                 elif part == "soak":
                     results[part] = part_soak(target, args.soak_minutes)
                 results[part]["took_s"] = round(time.monotonic() - began, 1)
+                results.setdefault("measured", {})[part] = results["date"]
                 print(json.dumps(results[part], default=str)[:3000], flush=True)
             service.stop("ctrl-c")
     finally:

@@ -12,6 +12,13 @@ def _row(*cells: object) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def _head(r: dict[str, Any], part: str, title: str) -> list[str]:
+    """A part's heading, and its own date when it was kept from an earlier run (--keep)."""
+    when = r.get("measured", {}).get(part)
+    kept = [f"Measured {when} (kept from that run).", ""] if when and when != r.get("date") else []
+    return [title, "", *kept]
+
+
 def render(r: dict[str, Any]) -> str:
     m = r.get("machine", {})
     out = [
@@ -25,8 +32,7 @@ def render(r: dict[str, Any]) -> str:
     ]
     if f := r.get("fuzz"):
         out += [
-            "## Fuzzed reads",
-            "",
+            *_head(r, "fuzz", "## Fuzzed reads"),
             f"{f['sent']} mutated and malformed uploads (bit flips, truncation, splices, huge",
             "declared sizes, broken multipart, wrong fields, raw bodies, odd query values):",
             "",
@@ -39,7 +45,8 @@ def render(r: dict[str, Any]) -> str:
         ]
     if h := r.get("hostile"):
         after = h.get("_after", {})
-        out += ["## Malicious model uploads", "", _row("upload", "status", "code", "as expected")]
+        out += _head(r, "hostile", "## Malicious model uploads")
+        out.append(_row("upload", "status", "code", "as expected"))
         out.append(_row("---", "---", "---", "---"))
         for name, v in h.items():
             if isinstance(v, dict) and not name.startswith("_"):
@@ -59,8 +66,7 @@ def render(r: dict[str, Any]) -> str:
             o["open_loop_4x"],
         )
         out += [
-            "## Overload",
-            "",
+            *_head(r, "overload", "## Overload"),
             "28x28 PNG, TTA off. Capacity is the answered rate at 32 closed-loop clients; "
             "128 clients is 4x that; clients wait the `Retry-After` of a refusal, as the bot "
             "does. The open-loop row sends at 4x the capacity whatever the answers.",
@@ -89,8 +95,7 @@ def render(r: dict[str, Any]) -> str:
         ]
     if s := r.get("swaps"):
         out += [
-            "## Model swaps under load",
-            "",
+            *_head(r, "swaps", "## Model swaps under load"),
             f"{s['swaps']} activations while 4 clients read and `/readyz` is polled every 0.2 s: "
             f"reads {s['reads']}, readiness polls {s['readyz_polls']}, activations took "
             f"{s['activation_s']} s.",
@@ -98,8 +103,7 @@ def render(r: dict[str, Any]) -> str:
         ]
     if k := r.get("kill"):
         out += [
-            "## A Model replica killed under load (8 clients)",
-            "",
+            *_head(r, "kill", "## A Model replica killed under load (8 clients)"),
             f"Replicas killed: {k['replicas_killed']}; reads after the kill: "
             f"{k['reads_after_kill']}; answering again after {k['answering_again_after_s']} s; "
             f"500s: {k['status_500']}.",
@@ -107,17 +111,19 @@ def render(r: dict[str, Any]) -> str:
         ]
     if s := r.get("soak"):
         out += [
-            f"## Soak: {s['minutes']} minutes, {s['clients']} clients, "
-            f"{s.get('reads_per_s')} reads/s",
-            "",
+            *_head(
+                r,
+                "soak",
+                f"## Soak: {s['minutes']} minutes, {s['clients']} clients, "
+                f"{s.get('reads_per_s')} reads/s",
+            ),
             f"Reads: {s['reads']}. Replica memory (RSS, MB) first {s['rss_mb_first']}, "
             f"last {s['rss_mb_last']}; growth % {s['growth_pct']}.",
             "",
         ]
     if cycles := r.get("restarts"):
         out += [
-            "## Stop and start again",
-            "",
+            *_head(r, "restarts", "## Stop and start again"),
             _row("cycle", "stopped by", "ready s", "read", "stop s", "left", "ports bound"),
             _row("---", "---", "---", "---", "---", "---", "---"),
         ]

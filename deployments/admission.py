@@ -19,6 +19,7 @@ from handai.errors import HandaiError
 SMOOTHING = 0.2  # weight of the newest batch in the running batch time
 WINDOW = 32  # busy answers the cost of a read is measured over
 FIRST_GUESS_S = 0.005  # seconds per read under load until a busy graph has been timed
+STALL_S = 2.0  # no batch takes this long here: a graph silent this long is being mended
 
 
 class Ticket(NamedTuple):
@@ -44,6 +45,8 @@ class Admission:
         self._busy: deque[tuple[float, int]] = deque(maxlen=WINDOW)  # (gap, reads answered)
         self.down = False  # a batch found no live replica; cleared by the next answered one
         self.failures = 0  # batches that lost a replica, ever: a read compares counts
+        self._busy_since = -math.inf  # when the graph last went from idle to busy
+        self._outage_end = -math.inf  # when the last silence of STALL_S or more ended
 
     def expected_wait_s(self) -> float:
         """Time for the graph to answer everything admitted before a new read."""
@@ -75,11 +78,14 @@ class Admission:
                 retry_after_s=max(1, math.ceil(wait)),
             )
 
-    def admit(self) -> Ticket:
+    def admit(self, now: float | None = None) -> Ticket:
         """Check, then count the read in; pair with `release` when it is answered."""
         self.check()
+        now = time.perf_counter() if now is None else now
+        if self.pending == 0:
+            self._busy_since = now
         self.pending += 1
-        return Ticket(time.perf_counter(), self.failures)
+        return Ticket(now, self.failures)
 
     def release(self) -> None:
         self.pending -= 1
@@ -90,15 +96,23 @@ class Admission:
         self.failures += 1
         self.down = self.down or none_left
 
-    def timed_out(self, ticket: Ticket) -> HandaiError:
+    def _quiet_since(self) -> float:
+        """Since when the graph has had reads in flight and answered none."""
+        last = self._last_done if self._last_done is not None else -math.inf
+        return max(last, self._busy_since)
+
+    def timed_out(self, ticket: Ticket, now: float | None = None) -> HandaiError:
         """What a read that ran out its deadline answers. When a replica died while it waited,
-        or the graph answered nothing at all since it was admitted (Serve holds calls to a
+        or the graph answered nothing for STALL_S or more of its wait (Serve holds calls to a
         killed replica until its successor is up, ~10 s), the graph is being mended: 503, to
-        retry, and new reads are told so at once until a batch is answered again. A 504 is
-        left for a read that was slow while others were answered."""
-        stalled = self._last_done is None or self._last_done < ticket.admitted_at
-        self.down = self.down or stalled
-        if self.down or self.failures != ticket.failures:
+        retry; while that silence lasts, new reads are told so at once. A 504 is left for a
+        read that was slow while others were answered, or whose deadline is tighter than a
+        batch takes."""
+        now = time.perf_counter() if now is None else now
+        if min(now - ticket.admitted_at, now - self._quiet_since()) >= STALL_S:
+            self.down = True  # silent still: cleared by the next answered batch
+        mended = self._outage_end > ticket.admitted_at  # it waited through a silence
+        if self.down or mended or self.failures != ticket.failures:
             return HandaiError(
                 "service_not_ready", "a replica is restarting; retry shortly", retry_after_s=1
             )
@@ -113,6 +127,8 @@ class Admission:
         it would refuse the next burst that larger batches would have absorbed.
         """
         now = time.perf_counter() if now is None else now
+        if now - self._quiet_since() >= STALL_S:
+            self._outage_end = now  # reads that waited through it were not merely slow
         last = self._last_done
         if last is not None and last > began:
             # A ratio over a window, not a running mean of ratios: batches the Model merged

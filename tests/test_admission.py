@@ -129,31 +129,59 @@ def test_a_read_that_outlives_a_replica_death_is_told_to_retry_not_timed_out() -
     adm = Admission(max_wait_s=0.2, deadline_s=5.0, max_pending=256)
     first = adm.admit()
     adm.batch_done(8, began=first.admitted_at, now=first.admitted_at + 0.1)
-    late = adm.admit()  # admitted after that answer; the graph answers others meanwhile
-    adm.batch_done(8, began=late.admitted_at, now=late.admitted_at + 0.1)
-    assert adm.timed_out(late).code == "timeout"  # slow while others were answered
+    late = adm.admit()  # the graph answers others while it waits
+    for k in range(10):
+        at = late.admitted_at + 0.5 * k
+        adm.batch_done(8, began=at, now=at + 0.1)
+    assert adm.timed_out(late, now=late.admitted_at + 5.0).code == "timeout"
     caught = adm.admit()
     adm.replica_failed()  # its batch lost the replica; the retry is under way
     adm.batch_done(8, began=caught.admitted_at, now=caught.admitted_at + 0.1)
-    refused = adm.timed_out(caught)
+    refused = adm.timed_out(caught, now=caught.admitted_at + 0.2)
     assert (refused.code, refused.retry_after_s) == ("service_not_ready", 1)
     assert not adm.down  # one death with a survivor does not turn new reads away
     adm.replica_failed(none_left=True)
     for _ in (first, late, caught):
         adm.release()
     probe = adm.admit()  # a probe while none is live
-    assert adm.timed_out(probe).code == "service_not_ready"
+    assert adm.timed_out(probe, now=probe.admitted_at + 0.1).code == "service_not_ready"
 
 
-def test_a_graph_that_answers_nothing_for_a_whole_deadline_is_down() -> None:
+def test_a_graph_that_answers_nothing_for_seconds_is_down() -> None:
     """Serve holds a call to a killed replica until its successor starts: nothing fails,
     nothing is answered. A read timing out then is told to retry, and so are new reads."""
     adm = Admission(max_wait_s=0.2, deadline_s=5.0, max_pending=256)
+    early = adm.admit()
+    adm.batch_done(8, began=early.admitted_at, now=early.admitted_at + 0.05)  # just before
     held = [adm.admit() for _ in range(3)]
-    assert adm.timed_out(held[0]).code == "service_not_ready"
+    assert adm.timed_out(held[0], now=held[0].admitted_at + 5.0).code == "service_not_ready"
     assert adm.down
     with pytest.raises(HandaiError) as refused:
         adm.admit()
     assert refused.value.code == "service_not_ready"
     adm.batch_done(3, began=held[0].admitted_at, now=held[0].admitted_at + 9.0)
     assert not adm.down
+
+
+def test_a_deadline_tighter_than_a_batch_is_a_timeout_not_an_outage() -> None:
+    adm = Admission(max_wait_s=0.2, deadline_s=0.01, max_pending=256)
+    read = adm.admit()  # nothing answered yet, ever: but it waited only 10 ms
+    assert adm.timed_out(read, now=read.admitted_at + 0.01).code == "timeout"
+    assert not adm.down
+
+
+def test_a_read_held_through_a_silence_is_told_to_retry_even_once_it_ends() -> None:
+    """Reads held while a killed replica restarts can time out just after its successor
+    answers a first batch: they too waited on a graph being mended, not a slow one."""
+    adm = Admission(max_wait_s=0.2, deadline_s=5.0, max_pending=256)
+    held = adm.admit()  # the replica dies; nothing is answered for 9 s
+    back = held.admitted_at + 9.0
+    adm.batch_done(1, began=held.admitted_at, now=back)  # a probe answered by the successor
+    adm.release()
+    assert not adm.down
+    assert adm.timed_out(held, now=back + 0.1).code == "service_not_ready"
+    later = adm.admit(now=back + 1.0)  # after the silence: a slow read is a timeout again
+    for k in range(10):
+        at = later.admitted_at + 0.5 * k
+        adm.batch_done(8, began=at, now=at + 0.1)
+    assert adm.timed_out(later, now=later.admitted_at + 5.0).code == "timeout"

@@ -253,6 +253,8 @@ def test_a_killed_model_replica_costs_503s_not_500s(service: Service) -> None:
                 r = mine.post("/v1/read", files={"file": ("d.png", SEVEN, "image/png")})
                 code = r.json().get("code", "") if r.status_code != 200 else ""
                 statuses.append((r.status_code, code, r.headers.get("retry-after")))
+                if r.status_code == 503:  # as the bot does: spinning on refusals takes the
+                    time.sleep(float(r.headers["retry-after"]))  # CPU the restart needs
 
     workers = [threading.Thread(target=hammer) for _ in range(6)]
     for w in workers:
