@@ -5,6 +5,8 @@ each, and under a flood the answered ones took 14.8 s (p99) while others timed o
 estimates how long a new read would wait behind those already admitted, from the rate at
 which the graph has recently been answering, and refuses it at once (503 overloaded with
 Retry-After) when that wait exceeds the wait budget or would run past the read's deadline.
+It also tells a graph being mended (a replica lost, or nothing answered for seconds) from a
+slow one, so such reads answer 503 service_not_ready, to retry, rather than 504.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class Admission:
         self.batch_s = 0.0  # how long one batch takes through the graph
         self._last_done: float | None = None
         self._busy: deque[tuple[float, int]] = deque(maxlen=WINDOW)  # (gap, reads answered)
-        self.down = False  # a batch found no live replica; cleared by the next answered one
+        self.down = False  # no live replica, or a silent graph; cleared by the next answer
         self.failures = 0  # batches that lost a replica, ever: a read compares counts
         self._busy_since = -math.inf  # when the graph last went from idle to busy
         self._outage_end = -math.inf  # when the last silence of STALL_S or more ended
