@@ -24,6 +24,12 @@ FIRST_GUESS_S = 0.005  # seconds per read under load until a busy graph has been
 STALL_S = 2.0  # no batch takes this long here: a graph silent this long is being mended
 
 
+def _mending() -> HandaiError:
+    return HandaiError(
+        "service_not_ready", "a replica is restarting; retry shortly", retry_after_s=1
+    )
+
+
 class Ticket(NamedTuple):
     admitted_at: float  # perf_counter()
     failures: int  # replica failures seen before it was admitted
@@ -43,7 +49,7 @@ class Admission:
         self.pending = 0  # admitted and not yet answered
         self.per_read_s = FIRST_GUESS_S  # graph time per read at the current load
         self.batch_s = 0.0  # how long one batch takes through the graph
-        self._last_done: float | None = None
+        self._last_done = -math.inf  # when the last batch was answered
         self._busy: deque[tuple[float, int]] = deque(maxlen=WINDOW)  # (gap, reads answered)
         self.down = False  # no live replica, or a silent graph; cleared by the next answer
         self.failures = 0  # batches that lost a replica, ever: a read compares counts
@@ -63,9 +69,7 @@ class Admission:
         if self.down and self.pending:
             # One read at a time finds out whether a replica is back; the rest are told to
             # retry instead of waiting out their deadline for a replica still starting.
-            raise HandaiError(
-                "service_not_ready", "a replica is restarting; retry shortly", retry_after_s=1
-            )
+            raise _mending()
         if self.pending < min(self.always, self.max_pending):
             return
         wait = self.expected_wait_s()
@@ -100,8 +104,7 @@ class Admission:
 
     def _quiet_since(self) -> float:
         """Since when the graph has had reads in flight and answered none."""
-        last = self._last_done if self._last_done is not None else -math.inf
-        return max(last, self._busy_since)
+        return max(self._last_done, self._busy_since)
 
     def timed_out(self, ticket: Ticket, now: float | None = None) -> HandaiError:
         """What a read that ran out its deadline answers. When a replica died while it waited,
@@ -115,9 +118,7 @@ class Admission:
             self.down = True  # silent still: cleared by the next answered batch
         mended = self._outage_end > ticket.admitted_at  # it waited through a silence
         if self.down or mended or self.failures != ticket.failures:
-            return HandaiError(
-                "service_not_ready", "a replica is restarting; retry shortly", retry_after_s=1
-            )
+            return _mending()
         return HandaiError("timeout", f"no answer within {self.deadline_s:g} s")
 
     def batch_done(self, size: int, began: float, now: float | None = None) -> None:
@@ -132,7 +133,7 @@ class Admission:
         if now - self._quiet_since() >= STALL_S:
             self._outage_end = now  # reads that waited through it were not merely slow
         last = self._last_done
-        if last is not None and last > began:
+        if last > began:
             # A ratio over a window, not a running mean of ratios: batches the Model merged
             # come back together, one gap near zero and the next twice as long.
             self._busy.append((now - last, size))
