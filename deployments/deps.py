@@ -1,4 +1,8 @@
-"""Request dependencies shared by the routes."""
+"""Request dependencies shared by the routes.
+
+All async: FastAPI runs a sync dependency on a worker thread, a thread hop on every read
+for a few microseconds of work.
+"""
 
 import hmac
 from typing import Annotated
@@ -9,9 +13,13 @@ from handai.config import Settings
 from handai.errors import HandaiError
 
 
-def settings_of(request: Request) -> Settings:
+def _settings(request: Request) -> Settings:
     found: Settings = request.app.state.settings
     return found
+
+
+async def settings_of(request: Request) -> Settings:
+    return _settings(request)
 
 
 def _matches(request: Request, key: str) -> bool:
@@ -19,18 +27,18 @@ def _matches(request: Request, key: str) -> bool:
     return hmac.compare_digest(given.encode(), key.encode())  # constant time
 
 
-def require_key(request: Request) -> None:
+async def require_key(request: Request) -> None:
     """The read key, when it is enforced."""
-    security = settings_of(request).security
+    security = _settings(request).security
     if not security.api_key_enabled or security.api_key is None:
         return
     if not _matches(request, security.api_key.get_secret_value()):
         raise HandaiError("unauthorized", "missing or wrong X-Api-Key")
 
 
-def require_admin(request: Request) -> None:
+async def require_admin(request: Request) -> None:
     """The admin key, always: with none configured admin is off; the read key never does."""
-    admin = settings_of(request).security.admin_key
+    admin = _settings(request).security.admin_key
     if admin is None:
         raise HandaiError(
             "admin_disabled",

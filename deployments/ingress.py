@@ -185,7 +185,7 @@ class IngressConfig(BaseModel):
     max_pending_reads: Annotated[int, Field(ge=1)] = 256
     # Beyond `always_admit` reads in flight, a read expected to wait longer than this
     # answers 503 overloaded at once (as does one that would miss its deadline).
-    max_wait_ms: Annotated[float, Field(gt=0.0)] = 200.0
+    max_wait_ms: Annotated[float, Field(gt=0.0)] = 120.0
     # Up to this many reads in flight are admitted whatever the estimate: a stall (a model
     # swap, one slow batch) must not turn a handful of clients away.
     always_admit: Annotated[int, Field(ge=0)] = 32
