@@ -63,6 +63,7 @@ class Slot:
 
     whole: DigitCut
     splits: tuple[tuple[DigitCut, ...], ...] = ()
+    widths: float = 1.0  # its width in the row's typical digit widths
 
 
 T = TypeVar("T")
@@ -76,21 +77,23 @@ def flatten(slots: Sequence[Slot]) -> list[DigitCut]:
 def choose(
     slots: Sequence[Slot], answers: Sequence[T], confidence: Callable[[T], float]
 ) -> list[tuple[DigitCut, T]]:
-    """Each slot's digits and their answers, from the answers to `flatten(slots)`: the split
-    whose digits are surest on average (geometric mean) when that beats the whole read as
-    one (a merged pair is often read as one digit quite surely: no bar is set for the whole)."""
+    """Each slot's digits and their answers, from the answers to `flatten(slots)`: the reading
+    of the slot (whole, or one of its splits) whose confidences multiply to the most, as the
+    number's own confidence does. (On rendered numbers this read 0.3-1.3 points more exactly
+    than the splits' geometric mean, and a prior on the slot's width read fewer: single
+    digits are as wide as touching pairs too often.)"""
     chosen: list[tuple[DigitCut, T]] = []
     at = 0
     for slot in slots:
         whole = answers[at]
         at += 1
-        best, best_mean = None, confidence(whole)
+        best, best_score = None, confidence(whole)
         for split in slot.splits:
             parts = list(answers[at : at + len(split)])
             at += len(split)
-            mean = math.exp(sum(math.log(max(confidence(p), 1e-9)) for p in parts) / len(parts))
-            if mean > best_mean:
-                best, best_mean = list(zip(split, parts, strict=True)), mean
+            score = math.prod(confidence(p) for p in parts)
+            if score > best_score:
+                best, best_score = list(zip(split, parts, strict=True)), score
         chosen += best if best is not None else [(slot.whole, whole)]
     return chosen
 
@@ -128,8 +131,8 @@ def segment(data: bytes, *, max_side: int = 1024, invert: bool | None = None) ->
         return DigitCut(image, box)
 
     return [
-        Slot(cut(whole), tuple(tuple(cut(p) for p in split) for split in splits))
-        for whole, splits in groups
+        Slot(cut(whole), tuple(tuple(cut(p) for p in split) for split in splits), widths)
+        for whole, splits, widths in groups
     ]
 
 
@@ -166,9 +169,10 @@ class _Group:
 
 def digit_masks(
     mask: NDArray[np.bool_],
-) -> list[tuple[NDArray[np.bool_], list[list[NDArray[np.bool_]]]]]:
-    """The ink mask -> per digit, left to right: its mask, and the ways it would split into
-    touching digits (none when it is not wide enough to be more than one)."""
+) -> list[tuple[NDArray[np.bool_], list[list[NDArray[np.bool_]]], float]]:
+    """The ink mask -> per digit, left to right: its mask, the ways it would split into
+    touching digits (none when it is not wide enough to be more than one), and its width in
+    typical digit widths."""
     labels, count = ndimage.label(mask, structure=_EIGHT)
     if count == 0:
         return []
@@ -190,20 +194,30 @@ def digit_masks(
         piece = np.isin(labels[group.y0 : group.y1, group.x0 : group.x1], group.labels)
         splits = []
         for bounds in _splits(piece, typical):
-            parts = [_placed(mask, group, piece, a, b) for a, b in itertools.pairwise(bounds)]
+            parts = [_placed(mask, group, part) for part in _cut(piece, bounds)]
             if all(p.any() for p in parts):
                 splits.append(parts)
-        out.append((_placed(mask, group, piece, 0, piece.shape[1]), splits))
+        whole = _placed(mask, group, piece)
+        out.append((whole, splits, group.width / max(typical, 1.0)))
     return out
 
 
-def _placed(
-    like: NDArray[np.bool_], group: _Group, piece: NDArray[np.bool_], left: int, right: int
-) -> NDArray[np.bool_]:
-    """Columns left:right of a group's piece, back in the full frame."""
+def _placed(like: NDArray[np.bool_], group: _Group, part: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """A part of a group's piece, back in the full frame."""
     full = np.zeros_like(like)
-    full[group.y0 : group.y1, group.x0 + left : group.x0 + right] = piece[:, left:right]
+    full[group.y0 : group.y1, group.x0 : group.x1] = part
     return full
+
+
+def _cut(piece: NDArray[np.bool_], bounds: list[int]) -> list[NDArray[np.bool_]]:
+    """A group's piece cut into digits at the column boundaries `bounds`. (A least-ink path
+    between overlapping digits instead of a straight cut read no more numbers exactly.)"""
+    parts = []
+    for left, right in itertools.pairwise(bounds):
+        part = np.zeros_like(piece)
+        part[:, left:right] = piece[:, left:right]
+        parts.append(part)
+    return parts
 
 
 def _merge_columns(groups: list[_Group], row: float) -> list[_Group]:
@@ -233,35 +247,37 @@ def _merge_columns(groups: list[_Group], row: float) -> list[_Group]:
 def _splits(piece: NDArray[np.bool_], typical: float) -> list[list[int]]:
     """Column boundaries of the ways a group may be touching digits: none when it is about one
     digit wide. In two: at each of the deepest valleys of the vertical ink profile (a 1 beside
-    a 2 meets it far from the middle). In more: at the thinnest column near each division."""
+    a 2 meets it far from the middle). In three or more (as many as its width allows, and one
+    more, since narrow 1s hide in a row): at the thinnest column near each division."""
     width = piece.shape[1]
     if typical <= 0 or width <= TOO_WIDE * typical:
         return []
-    n = min(MAX_DIGITS, max(2, round(width / typical)))
     profile = ndimage.uniform_filter1d(piece.sum(axis=0).astype(np.float32), 3)
-    if n == 2:
-        lo, hi = int(0.15 * width), int(0.85 * width)
-        inner = profile[lo:hi]
-        valleys = [
-            lo + i
-            for i in range(1, len(inner) - 1)
-            if inner[i] <= inner[i - 1] and inner[i] <= inner[i + 1]
-        ]
-        valleys.sort(key=lambda x: profile[x])
-        picked: list[int] = []
-        for x in valleys:
-            if all(abs(x - p) > 0.1 * width for p in picked):
-                picked.append(x)
-            if len(picked) == TWO_WAY_CUTS:
-                break
-        return [[0, x, width] for x in sorted(picked)]
-    step = width / n
-    bounds = [0]
-    for k in range(1, n):
-        lo = max(bounds[-1] + 1, int(k * step - 0.3 * step))
-        hi = min(width - 1, int(k * step + 0.3 * step))
-        if hi <= lo:
-            continue
-        bounds.append(lo + int(np.argmin(profile[lo:hi])))
-    bounds.append(width)
-    return [bounds]
+    lo, hi = int(0.15 * width), int(0.85 * width)
+    inner = profile[lo:hi]
+    valleys = [
+        lo + i
+        for i in range(1, len(inner) - 1)
+        if inner[i] <= inner[i - 1] and inner[i] <= inner[i + 1]
+    ]
+    valleys.sort(key=lambda x: profile[x])
+    picked: list[int] = []
+    for x in valleys:
+        if all(abs(x - p) > 0.1 * width for p in picked):
+            picked.append(x)
+        if len(picked) == TWO_WAY_CUTS:
+            break
+    out = [[0, x, width] for x in sorted(picked)]
+    most = min(MAX_DIGITS, math.ceil(width / typical) + 1)
+    for n in range(3, most + 1):
+        step = width / n
+        bounds = [0]
+        for k in range(1, n):
+            left = max(bounds[-1] + 1, int(k * step - 0.3 * step))
+            right = min(width - 1, int(k * step + 0.3 * step))
+            if right > left:
+                bounds.append(left + int(np.argmin(profile[left:right])))
+        bounds.append(width)
+        if len(bounds) == n + 1:
+            out.append(bounds)
+    return out
