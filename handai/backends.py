@@ -179,14 +179,23 @@ def _converted(ov: Any, core: Any, module: nn.Module, sha256: str) -> Any:
     return model
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the hardware does bf16 itself (AMX/AVX512-BF16 CPUs, Ampere+ GPUs)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def candidates(
     module: nn.Module, sha256: str, backend: Backend, threads: int
 ) -> dict[str, Forward]:
     on_gpu = torch.cuda.is_available()
     if on_gpu:  # plain torch on a copy on the GPU: the caller's module stays on the CPU
         module = copy.deepcopy(module).to("cuda")
+    # Emulated bf16 is many times slower than fp32: timing it cost minutes of a first start.
+    kinds = (False, True) if native_bf16(torch.device("cuda" if on_gpu else "cpu")) else (False,)
     torch_ones: dict[str, Forward] = {
-        f.name: f for f in (TorchForward(module), TorchForward(module, bf16=True))
+        f.name: f for f in (TorchForward(module, bf16=bf16) for bf16 in kinds)
     }
     if backend == "torch" or on_gpu:
         return torch_ones

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.data import DataLoader
 
+from handai.backends import native_bf16
 from handai.model import build_model
 from handai.storage import location, write_whole
 from train.augment import NONE, AugmentConfig, build_augment
@@ -68,9 +69,7 @@ class TrainConfig(BaseModel):
 
 def use_bf16(device: torch.device) -> bool:
     """bf16 autocast where the hardware does it natively (AMX/AVX512-BF16 CPUs, Ampere+ GPUs)."""
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return native_bf16(device)
 
 
 def check_memory(limit_mb: int) -> float:
