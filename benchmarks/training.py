@@ -28,11 +28,12 @@ import torch.nn.functional as F  # noqa: N812
 from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader
 
+from handai.backends import native_bf16
 from handai.config import load_settings
 from handai.model import build_model
 from train.augment import DEFAULT, NONE
 from train.data import DigitDataset, load_split, model_input, train_val
-from train.trainer import TrainConfig, train_loop, use_bf16
+from train.trainer import TrainConfig, train_loop
 
 BATCH = 128
 
@@ -45,7 +46,7 @@ def plain_loop(cfg: TrainConfig, batches: int, threads: int) -> float:
     loader = DataLoader(DigitDataset(train), batch_size=BATCH, shuffle=True, drop_last=True)
     model = build_model().train()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
-    bf16 = use_bf16(torch.device("cpu"))  # as the trainer decides: emulated bf16 is slow
+    bf16 = native_bf16(torch.device("cpu"))  # as the trainer decides: emulated bf16 is slow
     seen, start = 0, time.perf_counter()
     for step, (x, y) in enumerate(loader):
         if step >= batches:

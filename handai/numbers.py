@@ -63,7 +63,6 @@ class Slot:
 
     whole: DigitCut
     splits: tuple[tuple[DigitCut, ...], ...] = ()
-    widths: float = 1.0  # its width in the row's typical digit widths
 
 
 T = TypeVar("T")
@@ -131,8 +130,8 @@ def segment(data: bytes, *, max_side: int = 1024, invert: bool | None = None) ->
         return DigitCut(image, box)
 
     return [
-        Slot(cut(whole), tuple(tuple(cut(p) for p in split) for split in splits), widths)
-        for whole, splits, widths in groups
+        Slot(cut(whole), tuple(tuple(cut(p) for p in split) for split in splits))
+        for whole, splits in groups
     ]
 
 
@@ -169,10 +168,9 @@ class _Group:
 
 def digit_masks(
     mask: NDArray[np.bool_],
-) -> list[tuple[NDArray[np.bool_], list[list[NDArray[np.bool_]]], float]]:
-    """The ink mask -> per digit, left to right: its mask, the ways it would split into
-    touching digits (none when it is not wide enough to be more than one), and its width in
-    typical digit widths."""
+) -> list[tuple[NDArray[np.bool_], list[list[NDArray[np.bool_]]]]]:
+    """The ink mask -> per digit, left to right: its mask, and the ways it would split into
+    touching digits (none when it is not wide enough to be more than one)."""
     labels, count = ndimage.label(mask, structure=_EIGHT)
     if count == 0:
         return []
@@ -194,30 +192,21 @@ def digit_masks(
         piece = np.isin(labels[group.y0 : group.y1, group.x0 : group.x1], group.labels)
         splits = []
         for bounds in _splits(piece, typical):
-            parts = [_placed(mask, group, part) for part in _cut(piece, bounds)]
+            parts = [_placed(mask, group, piece, a, b) for a, b in itertools.pairwise(bounds)]
             if all(p.any() for p in parts):
                 splits.append(parts)
-        whole = _placed(mask, group, piece)
-        out.append((whole, splits, group.width / max(typical, 1.0)))
+        out.append((_placed(mask, group, piece, 0, piece.shape[1]), splits))
     return out
 
 
-def _placed(like: NDArray[np.bool_], group: _Group, part: NDArray[np.bool_]) -> NDArray[np.bool_]:
-    """A part of a group's piece, back in the full frame."""
+def _placed(
+    like: NDArray[np.bool_], group: _Group, piece: NDArray[np.bool_], left: int, right: int
+) -> NDArray[np.bool_]:
+    """Columns left:right of a group's piece, back in the full frame. (Cutting touching digits
+    along the least-ink path between them instead of a column read no more numbers exactly.)"""
     full = np.zeros_like(like)
-    full[group.y0 : group.y1, group.x0 : group.x1] = part
+    full[group.y0 : group.y1, group.x0 + left : group.x0 + right] = piece[:, left:right]
     return full
-
-
-def _cut(piece: NDArray[np.bool_], bounds: list[int]) -> list[NDArray[np.bool_]]:
-    """A group's piece cut into digits at the column boundaries `bounds`. (A least-ink path
-    between overlapping digits instead of a straight cut read no more numbers exactly.)"""
-    parts = []
-    for left, right in itertools.pairwise(bounds):
-        part = np.zeros_like(piece)
-        part[:, left:right] = piece[:, left:right]
-        parts.append(part)
-    return parts
 
 
 def _merge_columns(groups: list[_Group], row: float) -> list[_Group]:

@@ -67,11 +67,6 @@ class TrainConfig(BaseModel):
     init_from: Path | None = None  # a model.pt to fine-tune instead of starting from scratch
 
 
-def use_bf16(device: torch.device) -> bool:
-    """bf16 autocast where the hardware does it natively (AMX/AVX512-BF16 CPUs, Ampere+ GPUs)."""
-    return native_bf16(device)
-
-
 def check_memory(limit_mb: int) -> float:
     """RSS of this worker and its loader processes; raises before it passes the bound."""
     proc = psutil.Process()
@@ -87,16 +82,13 @@ def check_memory(limit_mb: int) -> float:
     return rss_mb
 
 
-def logits_of(
-    model: nn.Module, images: NDArray[np.uint8], batch_size: int = 512, bf16: bool | None = None
-) -> torch.Tensor:
+def logits_of(model: nn.Module, images: NDArray[np.uint8], batch_size: int = 512) -> torch.Tensor:
     """Plain (no TTA) logits for preprocessed images: used for validation and calibration.
-    bf16 by default only where the CPU does it natively: emulated, it made a refit on an
-    AVX2-only machine take over 30 minutes instead of a few."""
+    bf16 only where the CPU does it natively: emulated, it made a refit on an AVX2-only
+    machine take over 30 minutes instead of a few."""
     model.eval()
     outs = []
-    if bf16 is None:
-        bf16 = use_bf16(torch.device("cpu"))
+    bf16 = native_bf16(torch.device("cpu"))
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for start in range(0, len(images), batch_size):
             x = torch.from_numpy(images[start : start + batch_size]).float().div_(255.0)
@@ -195,7 +187,7 @@ def train_loop(config: dict[str, Any]) -> None:
         base.load_state_dict(torch.load(cfg.init_from, map_location="cpu", weights_only=True))
     model = ray.train.torch.prepare_model(base)
     device = ray.train.torch.get_device()
-    bf16 = use_bf16(device)
+    bf16 = native_bf16(device)
     per_epoch = (
         len(train_loader) if cfg.max_batches is None else min(cfg.max_batches, len(train_loader))
     )
