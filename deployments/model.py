@@ -1,9 +1,11 @@
-"""The Model deployment: batched ResNet-18 with test-time augmentation, swapped by reconfigure()."""
+"""The Model deployment: batched ResNet-18 with test-time augmentation, swapped in the
+background when reconfigure() names a new active model."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -63,6 +65,10 @@ class Model:
         if seeded:
             log.info("seeded %s with %s", model_dir, seeded)
         self.active: Active | None = None
+        self.lock = threading.Lock()  # guards wanted, preparing and failed
+        self.wanted = ""  # the model the last reconfigure() asked for
+        self.preparing: threading.Thread | None = None
+        self.failed: tuple[str, str] | None = None  # (model_id, why) of the last failed load
         self.tta_default = self.settings.digits.tta
         self.batch_hist = Histogram(
             "handai_batch_size",
@@ -77,21 +83,57 @@ class Model:
         )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Load and check the recorded model, then switch to it in one assignment."""
+        """Apply the user_config; a new model is prepared in the background (see _prepare)."""
         cfg = ModelConfig.model_validate(user_config)
         model_id = registry.resolve_active(
             self.settings.storage.models, self.settings.digits.initial_model
         )
-        if self.active is None or self.active.manifest.model_id != model_id:
+        if self.active is None:  # starting: Serve routes here only once this returns
             self.active = self._load(model_id)
-            log.info("active model is now %s", model_id)
+            log.info("active model is %s", model_id)
+        else:
+            self._want(model_id)
         self.tta_default = self.settings.digits.tta if cfg.tta is None else cfg.tta
         # serve.batch's wrapper is untyped to mypy; these setters are its documented API.
         self.predict.set_max_batch_size(cfg.max_batch_size)  # type: ignore[attr-defined,misc]
         self.predict.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)  # type: ignore[attr-defined,misc]
 
+    def _want(self, model_id: str) -> None:
+        """Serve takes a replica out of routing while reconfigure() runs (Ray 2.60: UPDATING
+        is not a routable state), so loading a model there stopped every read for seconds.
+        Instead a thread prepares the wanted model beside the one serving and swaps it in."""
+        with self.lock:
+            self.wanted = model_id
+            if self.preparing is None:
+                self.preparing = threading.Thread(
+                    target=self._prepare, name="prepare-model", daemon=True
+                )
+                self.preparing.start()
+
+    def _prepare(self) -> None:
+        """Load, convert, compile and warm the wanted model, then switch in one assignment;
+        again while activations keep changing what is wanted."""
+        while True:
+            with self.lock:
+                model_id = self.wanted
+                if self.active is not None and self.active.manifest.model_id == model_id:
+                    self.preparing = None
+                    return
+            try:
+                ready = self._load(model_id)
+            except Exception as exc:  # the old model keeps serving; activation reports it
+                log.exception("could not load %s", model_id)
+                with self.lock:
+                    self.failed = (model_id, f"{type(exc).__name__}: {exc}")
+                    if self.wanted == model_id:
+                        self.preparing = None
+                        return
+                continue
+            with self.lock:
+                self.active, self.failed = ready, None
+            log.info("active model is now %s", model_id)
+
     def _load(self, model_id: str) -> Active:
-        # Serve calls reconfigure() one at a time per replica: no lock needed here.
         loaded = registry.load(self.settings.storage.models, model_id)
         forward = plan(
             loaded.module,
@@ -106,6 +148,17 @@ class Model:
         )
         engine.predict(np.zeros((1, 1, 28, 28), np.float32), [True])  # warm before serving
         return Active(loaded.manifest, engine)
+
+    def serving(self) -> dict[str, str | None]:
+        """What this replica serves, for a rollout waiting until every replica serves it."""
+        with self.lock:
+            failed = self.failed
+        return {
+            "replica": serve.get_replica_context().replica_id.unique_id,
+            "model_id": self.active.manifest.model_id if self.active else None,
+            "failed": failed[0] if failed else None,
+            "error": failed[1] if failed else None,
+        }
 
     def info(self) -> dict[str, Any]:
         if self.active is None:

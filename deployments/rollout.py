@@ -2,8 +2,9 @@
 
 The only in-place path in Ray Serve is the declarative one: read the deployed config from
 the Serve REST API, change the Model's user_config, PUT the whole config back. Serve then
-calls reconfigure() on every running replica (no new replicas, no dropped requests). The
-user_config carries only a fresh `rollout` value; the model itself comes from ACTIVE.
+calls reconfigure() on every running replica (no new replicas, no dropped requests), which
+starts loading ACTIVE's model beside the one it serves; the rollout ends when every replica
+serves it. The user_config carries only a fresh `rollout` value.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import time
 from typing import Any
 
 import httpx
+from ray import serve
 
 from handai.errors import HandaiError
 
 APP_NAME = os.environ.get("HANDAI_APP_NAME", "handai")
 MODEL_DEPLOYMENT = "Model"
-ROLLOUT_TIMEOUT_S = 120.0
+ROLLOUT_TIMEOUT_S = 100.0  # answered before Serve's request_timeout_s (120) cuts the request
 
 
 def dashboard_url() -> str:
@@ -68,6 +70,47 @@ def _rolled_out(details: dict[str, Any], rollout: str) -> bool:
     )
 
 
+def _model_replicas(details: dict[str, Any]) -> set[str]:
+    app = details.get("applications", {}).get(APP_NAME, {})
+    replicas = app.get("deployments", {}).get(MODEL_DEPLOYMENT, {}).get("replicas", [])
+    return {r["replica_id"] for r in replicas if r.get("state") == "RUNNING"}
+
+
+async def _serving_everywhere(client: httpx.AsyncClient, model_id: str, deadline: float) -> bool:
+    """Ask the replicas what they serve until every running one serves model_id: each loads a
+    new model in the background (deployments/model.py), so reconfigure() returning says only
+    that it has begun. A call goes to whichever replica Serve picks: twice as many calls as
+    replicas per round reach them all, and rounds repeat until they have."""
+    handle = serve.get_deployment_handle(MODEL_DEPLOYMENT, app_name=APP_NAME)
+    confirmed: set[str] = set()
+    while time.monotonic() < deadline:
+        status = await client.get("/api/serve/applications/")
+        running = _model_replicas(status.json()) if status.status_code == 200 else set()
+        if running and running <= confirmed:
+            return True
+        calls = [handle.serving.remote() for _ in range(2 * max(len(running), 1))]
+        try:  # bounded: with no live replica a call would wait for one
+            answers = await asyncio.wait_for(
+                asyncio.gather(*calls, return_exceptions=True),
+                timeout=max(0.1, min(10.0, deadline - time.monotonic())),
+            )
+        except TimeoutError:
+            continue
+        for answer in answers:
+            if not isinstance(answer, dict):
+                continue  # a replica stopping: the next round asks its successor
+            if answer["model_id"] == model_id:
+                confirmed.add(answer["replica"])
+            elif answer["failed"] == model_id:
+                raise HandaiError(
+                    "service_not_ready",
+                    f"a Model replica could not load {model_id!r} ({answer['error']}) and "
+                    f"serves {answer['model_id']!r}; activate another model or retry",
+                )
+        await asyncio.sleep(0.25)
+    return False
+
+
 async def rollout_model(model_id: str, timeout_s: float = ROLLOUT_TIMEOUT_S) -> None:
     """Reconfigure every Model replica (after ACTIVE names model_id) and wait for all of them."""
     rollout = f"{model_id}@{time.time_ns()}"  # always new, so Serve always reconfigures
@@ -84,7 +127,9 @@ async def rollout_model(model_id: str, timeout_s: float = ROLLOUT_TIMEOUT_S) -> 
                 await asyncio.sleep(0.5)
                 status = await client.get("/api/serve/applications/")
                 if status.status_code == 200 and _rolled_out(status.json(), rollout):
-                    return
+                    if await _serving_everywhere(client, model_id, deadline):
+                        return
+                    break
         except httpx.HTTPError as exc:
             raise HandaiError(
                 "service_not_ready", f"Serve REST API at {dashboard_url()} failed: {exc}"

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
 import platform
+import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
+from handai import openvino_ir
 from handai.config import Backend
 
 if TYPE_CHECKING:
@@ -151,32 +154,38 @@ def openvino_forwards(module: nn.Module, sha256: str, threads: int) -> dict[str,
 
 
 def _converted(ov: Any, core: Any, module: nn.Module, sha256: str) -> Any:
-    """The model in OpenVINO's IR, converted once per weights and kept in the cache."""
+    """The model in OpenVINO's IR, converted once per weights (in a process of its own, so a
+    serving replica keeps answering meanwhile) and kept in the cache."""
     folder = CACHE / "openvino" / f"{sha256[:32]}-{ov.__version__.split('-')[0]}"
-    xml = folder / "model.xml"
-    if xml.is_file():
+    for _ in range(2):
+        with one_at_a_time(folder.with_name(f"{folder.name}.lock")):
+            if not (folder / openvino_ir.XML).is_file():
+                try:
+                    openvino_ir.convert_apart(module, folder)
+                except (OSError, RuntimeError) as exc:  # a read-only /tmp, say: convert here
+                    log.warning("converting in a process of its own failed (%s)", exc)
+                    return openvino_ir.convert(module)
         try:
-            return core.read_model(xml)
-        except Exception:  # a torn or stale file: convert again below
+            return core.read_model(folder / openvino_ir.XML)
+        except Exception:  # a torn or stale file: convert again
             log.warning("converted model in %s unreadable; converting again", folder)
-    # torch.export (not the deprecated tracing), with the batch axis left free.
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    exported = torch.export.export(
-        module.eval(), (torch.zeros(2, 1, 28, 28),), dynamic_shapes=({0: batch},)
-    )
-    model = ov.convert_model(exported)
-    model.reshape([-1, 1, 28, 28])
-    with contextlib.suppress(OSError):  # a cache only: a read-only /tmp costs the conversion
-        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
-        ov.save_model(model, tmp / "model.xml", compress_to_fp16=False)
-        with contextlib.suppress(OSError):  # another replica got there first
-            tmp.rename(folder)
-        if tmp.exists():
-            for part in tmp.iterdir():
-                part.unlink()
-            tmp.rmdir()
-    return model
+            shutil.rmtree(folder, ignore_errors=True)
+    return openvino_ir.convert(module)
+
+
+@contextlib.contextmanager
+def one_at_a_time(lock: Path) -> Iterator[None]:
+    """Replicas starting together convert and time once: the first works, the others wait
+    for it and then read its result from the cache."""
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock.open("a")
+    except OSError:  # a read-only cache: each replica does its own work
+        yield
+        return
+    with handle:  # closing it releases the lock, also when the holder dies
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -251,10 +260,11 @@ def plan(
         )
     )
     path = CACHE / f"plan-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
-    chosen = _read_choice(path, forwards)
-    if chosen is None:
-        chosen = fastest(forwards, sizes)
-        _write_choice(path, chosen)
+    with one_at_a_time(path.with_suffix(".lock")):  # and undisturbed by the others' timing
+        chosen = _read_choice(path, forwards)
+        if chosen is None:
+            chosen = fastest(forwards, sizes)
+            _write_choice(path, chosen)
     return Planned({size: forwards[name] for size, name in chosen.items()})
 
 

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from handai import backends
+from handai import backends, openvino_ir
 from handai.backends import Planned, TorchForward, candidates, native_bf16, plan
 from handai.inference import N_VIEWS, Engine, tta_views
 from handai.model import build_model
@@ -100,6 +100,28 @@ def test_openvino_gives_the_logits_of_torch(
     # A batch of another size reuses the same compiled model (its batch axis is dynamic).
     torch.testing.assert_close(
         forwards["openvino-f32"](batch[:2]), expected[:2], atol=1e-3, rtol=1e-3
+    )
+
+
+def test_the_conversion_runs_in_a_process_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.export and OpenVINO's converter hold the GIL for seconds: a replica converting a
+    new model itself stopped answering reads. Converting here fails, and the model converts
+    (in a child process), is cached and gives torch's logits."""
+    monkeypatch.setattr(backends, "CACHE", tmp_path)
+
+    def here(module: object) -> None:
+        raise AssertionError("converted in the serving process")
+
+    monkeypatch.setattr(openvino_ir, "convert", here)
+    forwards = candidates(MODEL, "cd" * 32, "openvino", threads=1)
+    assert "openvino-f32" in forwards
+    assert list(tmp_path.glob("openvino/cdcd*/model.xml"))
+    assert not list(tmp_path.glob("openvino/*.tmp")) and not list(tmp_path.glob("tmp*"))
+    batch = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(
+        forwards["openvino-f32"](batch), TorchForward(MODEL)(batch), atol=1e-3, rtol=1e-3
     )
 
 

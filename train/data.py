@@ -32,6 +32,7 @@ FILES = {
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 VAL_SIZE = 5000
+TEST_SIZE = 10_000  # MNIST's test split
 RENDER_CHUNK = 500  # rendered uploads per task
 # Render seeds far from those train.evaluate renders its sets with (0, 1, ...): training never
 # sees the evaluation's papers, shadows and lines, only its own.

@@ -73,11 +73,15 @@ def fit_on_validation(
 
 
 def test_figures(
-    model: nn.Module, temperature: float, data_root: Path, cache_dir: Path
+    model: nn.Module,
+    temperature: float,
+    data_root: Path,
+    cache_dir: Path,
+    limit: int | None = None,
 ) -> tuple[float, float]:
-    """Accuracy and ECE on the MNIST test set: read once, for the final figures; nothing
-    chosen depends on them."""
-    test = load_split(data_root, "test", cache_dir)
+    """Accuracy and ECE on the MNIST test set (its first `limit` digits): read once, for the
+    final figures; nothing chosen depends on them."""
+    test = load_split(data_root, "test", cache_dir, limit)
     logits = logits_of(model, test.images)
     labels = torch.from_numpy(test.labels)
     accuracy = float((logits.argmax(1) == labels).float().mean())
