@@ -38,6 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 STATE_FILE = "cluster.json"
 SHUTDOWN_WAIT_S = 20
+# Serve has drained the replicas by then; Ray's daemons, told together, wait on each other
+# (the GCS, raylet, dashboard and runtime-env agent all outlived 10 s): what is left is killed.
+TERM_GRACE_S = 3
 # Ctrl-C, `kill`, and the terminal closing all stop the cluster this run started.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # What Ray and Serve read when the cluster starts; a caller's own values win.
@@ -55,6 +58,10 @@ RAY_ENV = {
     # down and answered its own 502/503s, which Serve rewrites to a bare 500. A flood now
     # waits in the kernel's accept queue instead, and every answer is the service's own.
     "RAY_SERVE_HAPROXY_MAXCONN": "1024",
+    # A stopping Ingress replica stays reachable this long so HAProxy drops it first. Serve's
+    # default, 30 s, is for load balancers on other machines; this node's HAProxy reloads in
+    # ~0.5 s, and the 30 s held every stop of `make serve` (Ctrl-C included) for 30 s.
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
 }
 
 
@@ -279,7 +286,7 @@ class Cluster:
                 break
             for proc in procs:
                 _signal(proc, signal.SIGTERM)
-            _, alive = psutil.wait_procs(procs, timeout=10)
+            _, alive = psutil.wait_procs(procs, timeout=TERM_GRACE_S)
             for proc in alive:
                 _signal(proc, signal.SIGKILL)
             psutil.wait_procs(alive, timeout=10)

@@ -41,6 +41,16 @@ def _free(port: int) -> bool:
     return True
 
 
+def _held(port: int) -> bool:
+    """Whether a socket on the port is still open. A connection the stopped run closed
+    lingers in TIME_WAIT for a minute, owned by no process: the next run binds beside it
+    (servers set SO_REUSEADDR, and Serve moves a replica's port on), so it is not left."""
+    return any(
+        c.laddr and c.laddr.port == port and c.status != psutil.CONN_TIME_WAIT
+        for c in psutil.net_connections("tcp")
+    )
+
+
 class Run:
     """One `python -m deployments.cluster ...` with its own ports and folder."""
 
@@ -94,11 +104,11 @@ class Run:
 
     def assert_clean(self) -> None:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (self.leftovers() or not _free(self.http)):
+        while time.monotonic() < deadline and (self.leftovers() or _held(self.http)):
             time.sleep(1)
         assert self.leftovers() == []
         ports = [p + self.offset for p in asdict(Ports()).values()]
-        assert [p for p in ports if not _free(p)] == []
+        assert [p for p in ports if _held(p)] == []
 
 
 @pytest.fixture
