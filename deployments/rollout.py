@@ -56,9 +56,14 @@ def _with_rollout(details: dict[str, Any], rollout: str) -> dict[str, Any]:
     return body
 
 
+def _model_deployment(details: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """This application's entry in the Serve REST API's details, and its Model's."""
+    app: dict[str, Any] = details.get("applications", {}).get(APP_NAME, {})
+    return app, app.get("deployments", {}).get(MODEL_DEPLOYMENT, {})
+
+
 def _rolled_out(details: dict[str, Any], rollout: str) -> bool:
-    app = details.get("applications", {}).get(APP_NAME, {})
-    deployment = app.get("deployments", {}).get(MODEL_DEPLOYMENT, {})
+    app, deployment = _model_deployment(details)
     config = deployment.get("deployment_config", {})
     replicas = deployment.get("replicas", [])
     return (
@@ -71,8 +76,7 @@ def _rolled_out(details: dict[str, Any], rollout: str) -> bool:
 
 
 def _model_replicas(details: dict[str, Any]) -> set[str]:
-    app = details.get("applications", {}).get(APP_NAME, {})
-    replicas = app.get("deployments", {}).get(MODEL_DEPLOYMENT, {}).get("replicas", [])
+    replicas = _model_deployment(details)[1].get("replicas", [])
     return {r["replica_id"] for r in replicas if r.get("state") == "RUNNING"}
 
 

@@ -118,7 +118,8 @@ def test_the_conversion_runs_in_a_process_of_its_own(
     forwards = candidates(MODEL, "cd" * 32, "openvino", threads=1)
     assert "openvino-f32" in forwards
     assert list(tmp_path.glob("openvino/cdcd*/model.xml"))
-    assert not list(tmp_path.glob("openvino/*.tmp")) and not list(tmp_path.glob("tmp*"))
+    assert not list(tmp_path.glob("openvino/*.tmp"))  # no half-written model left
+    assert not list(tmp_path.glob("openvino/tmp*"))  # nor the weights handed to the child
     batch = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(5))
     torch.testing.assert_close(
         forwards["openvino-f32"](batch), TorchForward(MODEL)(batch), atol=1e-3, rtol=1e-3
