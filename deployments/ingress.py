@@ -5,6 +5,7 @@ No `from __future__ import annotations` here: Serve's class ingress needs real a
 
 import asyncio
 import base64
+import contextvars
 import importlib.metadata
 import io
 import logging
@@ -12,7 +13,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -47,6 +48,7 @@ from handai import registry
 from handai.config import load_settings
 from handai.errors import STATUS, ErrorCode, HandaiError
 from handai.inference import Prediction
+from handai.manifest import Manifest
 from handai.numbers import DigitCut, Slot, choose, flatten
 from handai.preprocess import Preprocessed
 
@@ -375,7 +377,7 @@ class Ingress:
         )
         self.reads = Batcher(self._read_batch, cfg.max_batch_size, cfg.max_batches_in_flight)
         self.switching = asyncio.Lock()
-        self.switches: set[asyncio.Task[None]] = set()
+        self.switches: set[asyncio.Task[Any]] = set()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         cfg = IngressConfig.model_validate(user_config)
@@ -603,11 +605,7 @@ class Ingress:
         weights = await single_file(form, "model", self.settings.digits.max_model_bytes)
         model_id = str(form.get("model_id") or "")
         activate = str(form.get("activate") or "false").lower() in ("1", "true", "yes", "on")
-        installed = await asyncio.to_thread(
-            registry.install, self.settings.storage.models, model_id, manifest, weights
-        )
-        if activate:
-            await self._activate(model_id)
+        installed = await self._whole(self._install(model_id, manifest, weights, activate))
         return {
             "model_id": installed.model_id,
             "installed": True,
@@ -617,19 +615,37 @@ class Ingress:
 
     @app.post("/v1/admin/models/activate")
     async def activate(self, body: ActivateRequest, _: Admin) -> dict[str, Any]:
-        await asyncio.to_thread(registry.load, self.settings.storage.models, body.model_id)
-        await self._activate(body.model_id)
+        await self._whole(self._activate(body.model_id))
         return {"model_id": body.model_id, "active": True}
 
-    async def _activate(self, model_id: str) -> None:
-        """Record, then roll out; shielded, so a client that disconnects or times out cannot
-        leave the record and the replicas disagreeing: the switch finishes regardless."""
-        task = asyncio.create_task(self._switch(model_id))
+    async def _whole(self, work: Coroutine[Any, Any, T]) -> T:
+        """Run an admin change to its end even if the client goes. Serve cancels the request
+        of a client that disconnects or times out, and the handle calls made in its context;
+        cancelled midway, a model could be installed but not activated, or recorded active
+        and not rolled out. So the work runs as a task of its own, in a context of its own
+        (Serve's cancellation reaches neither it nor its calls), and the request only waits."""
+        task = asyncio.create_task(work, context=contextvars.Context())
         self.switches.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self.switches.discard)
-        await asyncio.shield(task)
+        return await asyncio.shield(task)
+
+    async def _install(
+        self, model_id: str, manifest: bytes, weights: bytes, activate: bool
+    ) -> Manifest:
+        installed = await asyncio.to_thread(
+            registry.install, self.settings.storage.models, model_id, manifest, weights
+        )
+        if activate:
+            await self._switch(model_id)
+        return installed
+
+    async def _activate(self, model_id: str) -> None:
+        # Refused (404, 400) before anything changes if the model is missing or unloadable.
+        await asyncio.to_thread(registry.load, self.settings.storage.models, model_id)
+        await self._switch(model_id)
 
     async def _switch(self, model_id: str) -> None:
+        """Record, then roll out."""
         async with self.switching:  # one activation at a time: the last one wins, whole
             await asyncio.to_thread(registry.set_active, self.settings.storage.models, model_id)
             await rollout_model(model_id)
