@@ -328,7 +328,10 @@ class Service:
                 check=True,
             )
         else:
-            self.proc.send_signal(sig[how])
+            if how == "sigterm":  # `kill PID`
+                self.proc.send_signal(sig[how])
+            else:  # a terminal's Ctrl-C, or its closing: the whole foreground process group
+                os.killpg(self.proc.pid, sig[how])
             self.proc.wait(timeout=180)
         return round(time.monotonic() - began, 1)
 

@@ -171,9 +171,7 @@ class Cluster:
         (self.folder / STATE_FILE).write_text(
             json.dumps({"pid": os.getpid(), "ports": asdict(self.ports)})
         )
-        done = subprocess.run(
-            command, env=self.env(), capture_output=True, text=True, timeout=180, check=False
-        )
+        done = _ray_start(command, self.env())
         if done.returncode != 0:
             raise StartupError(f"ray start failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
@@ -195,9 +193,7 @@ class Cluster:
             f"--temp-dir={self.folder / f'ray-{node.name}'}",  # its own, like another machine
             "--disable-usage-stats",
         ]
-        done = subprocess.run(
-            command, env=self.env(), capture_output=True, text=True, timeout=180, check=False
-        )
+        done = _ray_start(command, self.env())
         if done.returncode != 0:
             raise StartupError(f"ray start failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
 
@@ -410,6 +406,21 @@ def serve(config: Path, cluster: Cluster) -> int:
             signal.signal(sig, signal.SIG_IGN)
         cluster.stop()
         _say("stopped")
+
+
+def _ray_start(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`ray start`, its daemons in a session of their own: a terminal's Ctrl-C goes to its
+    whole foreground process group, and Ray's daemons in it died under the orderly stop
+    (`make serve` then took ~25 s to stop instead of ~11). They are stopped by `stop`."""
+    return subprocess.run(
+        command,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+        start_new_session=True,
+    )
 
 
 def _say(line: str) -> None:

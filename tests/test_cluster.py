@@ -77,6 +77,7 @@ class Run:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # its own process group, as a terminal gives it
         )
         assert proc.stdout is not None
         deadline = time.monotonic() + 300
@@ -111,6 +112,12 @@ class Run:
         assert [p for p in ports if _held(p)] == []
 
 
+def ctrl_c(proc: subprocess.Popen[str]) -> None:
+    """A terminal's Ctrl-C: SIGINT to the whole foreground process group, not one process
+    (Ray's daemons in that group died under the orderly stop and slowed it)."""
+    os.killpg(proc.pid, signal.SIGINT)
+
+
 @pytest.fixture
 def run() -> Run:
     return Run(Path(tempfile.mkdtemp(prefix="handai-c")), free_offset())
@@ -118,7 +125,7 @@ def run() -> Run:
 
 def test_ctrl_c_kill_9_and_make_stop_all_leave_a_clean_start(run: Run) -> None:
     first = run.serve()
-    first.send_signal(signal.SIGINT)  # Ctrl-C
+    ctrl_c(first)
     assert first.wait(timeout=120) == 0
     run.assert_clean()
 
@@ -158,7 +165,7 @@ def test_a_second_serve_of_the_same_project_is_refused(run: Run) -> None:
         assert second.returncode != 0 and "already serving" in second.stderr
         assert httpx.get(f"http://127.0.0.1:{run.http}/readyz", timeout=30).status_code == 200
     finally:
-        first.send_signal(signal.SIGINT)
+        ctrl_c(first)
         first.wait(timeout=120)
     run.assert_clean()
 
