@@ -626,8 +626,14 @@ class Ingress:
         (Serve's cancellation reaches neither it nor its calls), and the request only waits."""
         task = asyncio.create_task(work, context=contextvars.Context())
         self.switches.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self.switches.discard)
+        task.add_done_callback(self._finished)
         return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self.switches.discard(task)
+        # Logged in any case: a client that went away never hears of the failure.
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("admin change failed: %s", exc)
 
     async def _install(
         self, model_id: str, manifest: bytes, weights: bytes, activate: bool
