@@ -158,7 +158,12 @@ def test_upload_needs_both_parts(service: Service, missing: str) -> None:
 
 
 def upload(
-    c: httpx.Client, folder: Path, as_id: str, activate: bool = False, **manifest: Any
+    c: httpx.Client,
+    folder: Path,
+    as_id: str,
+    activate: bool = False,
+    timeout: float = 180,
+    **manifest: Any,
 ) -> httpx.Response:
     """Upload a saved model folder, its manifest changed by `manifest` first."""
     raw = json.loads((folder / MANIFEST_FILE).read_bytes())
@@ -170,7 +175,7 @@ def upload(
             "model": ("model.pt", (folder / MODEL_FILE).read_bytes(), "application/octet-stream"),
         },
         data={"model_id": as_id, "activate": str(activate).lower()},
-        timeout=180,
+        timeout=timeout,
     )
 
 
@@ -256,21 +261,12 @@ def test_an_upload_the_client_abandons_is_installed_and_activated(
     service: Service, tmp_path: Path
 ) -> None:
     folder = saved(tmp_path, "abandoned-1", seed=13)
-    manifest = (folder / MANIFEST_FILE).read_bytes()
     with service.client() as c:
         before = c.get("/v1/models/active").json()["model_id"]
         # Gone 1 s after sending it whole (a read timeout): the form is read by then (before,
         # nothing can be installed), and the model is being checked, converted or rolled out.
         with pytest.raises(httpx.TimeoutException):
-            c.post(
-                "/v1/admin/models/upload",
-                files={
-                    "manifest": ("m.json", manifest, "application/json"),
-                    "model": ("model.pt", (folder / MODEL_FILE).read_bytes(), "application/x"),
-                },
-                data={"model_id": "abandoned-1", "activate": "true"},
-                timeout=1.0,
-            )
+            upload(c, folder, "abandoned-1", activate=True, timeout=1.0)
         settled_on(service, c, "abandoned-1")
         assert activate(c, before).status_code == 200
 
