@@ -2,9 +2,10 @@
 
     .venv/bin/python -m benchmarks.training --out artifacts/bench/training.json [--full-epoch]
 
-All three run the same ResNet-18, the same preprocessed MNIST batches (no augmentation, so
-the loop is what is measured) and the same autocast (bf16 where the CPU does it natively),
-for the same number of batches.
+All run the same ResNet-18, the same preprocessed MNIST batches (no augmentation, so the
+loop is what is measured), the same autocast (bf16 where the CPU does it natively) and the
+same memory layout (train.layout's measured choice), for the same number of batches. The
+plain loop runs twice: before Ray starts, and beside Ray's idle daemons as Ray Train does.
 Samples/s count training steps only (data loading included, validation excluded).
 --full-epoch also times one whole MNIST epoch (55,000 images and validation) through Ray
 Train with the seed model's settings. Starts its own local Ray; asserts nothing.
@@ -33,20 +34,22 @@ from handai.config import load_settings
 from handai.model import build_model
 from train.augment import DEFAULT, NONE
 from train.data import DigitDataset, load_split, model_input, train_val
+from train.layout import LAYOUTS, fastest_layout
 from train.trainer import TrainConfig, train_loop
 
 BATCH = 128
 
 
-def plain_loop(cfg: TrainConfig, batches: int, threads: int) -> float:
-    """Samples/s of a single-process loop: the same data, model, optimizer and autocast."""
+def plain_loop(cfg: TrainConfig, batches: int, threads: int, layout: str) -> float:
+    """Samples/s of a single-process loop: the same data, model, optimizer, autocast and
+    layout."""
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     train, _ = train_val(load_split(cfg.data_root, "train", cfg.cache_dir, cfg.train_limit), 0)
     loader = DataLoader(DigitDataset(train), batch_size=BATCH, shuffle=True, drop_last=True)
-    model = build_model().train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     bf16 = native_bf16(torch.device("cpu"))  # as the trainer decides: emulated bf16 is slow
+    model = build_model().to(memory_format=LAYOUTS[layout]).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     seen, start = 0, time.perf_counter()
     for step, (x, y) in enumerate(loader):
         if step >= batches:
@@ -104,9 +107,18 @@ def main() -> None:
     )
     load_split(base.data_root, "train", base.cache_dir)  # build the cache outside the timings
     out: dict[str, Any] = {"batch_size": BATCH, "batches": args.batches, "cores": os.cpu_count()}
-    out["plain_1proc_2threads"] = round(plain_loop(base, args.batches, threads=2), 1)
+    torch.set_num_threads(2)
+    cpu = torch.device("cpu")
+    out["layout"] = layout = fastest_layout(cpu, native_bf16(cpu), BATCH)  # as the trainer does
+    out["plain_1proc_2threads"] = round(plain_loop(base, args.batches, 2, layout), 1)
     print("plain loop:", out["plain_1proc_2threads"], "samples/s", flush=True)
     ray.init(num_cpus=os.cpu_count(), logging_level=logging.ERROR, log_to_driver=False)
+    # Again with Ray's daemons up and idle, as Ray Train runs beside them: on 2 cores their
+    # ~7 % of a core costs a 2-thread loop ~7 % (a preempted thread stalls the other at each
+    # parallel region), which is the machine's share, not the Ray Train loop's.
+    time.sleep(5)
+    out["plain_ray_up"] = round(plain_loop(base, args.batches, 2, layout), 1)
+    print("plain loop, Ray up:", out["plain_ray_up"], "samples/s", flush=True)
     with tempfile.TemporaryDirectory() as storage:
         out["ray_train_1w_2threads"] = ray_train(base, 1, storage)
         print("ray train, 1 worker:", out["ray_train_1w_2threads"], flush=True)

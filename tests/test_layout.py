@@ -1,0 +1,56 @@
+"""Training's memory layout: measured on this machine, and one choice for every DDP worker."""
+
+from __future__ import annotations
+
+import multiprocessing
+import socket
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from handai.backends import native_bf16
+from train import layout
+from train.layout import LAYOUTS, fastest_layout
+
+
+def test_the_probe_picks_one_of_the_layouts() -> None:
+    cpu = torch.device("cpu")
+    assert fastest_layout(cpu, native_bf16(cpu), batch_size=16) in LAYOUTS
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, port: int, favoured: list[str], chosen: Any) -> None:
+    """One DDP worker whose own timings favour favoured[rank] (as two machines' might)."""
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=len(favoured)
+    )
+    try:
+        mine = LAYOUTS[favoured[rank]]
+        layout._step_seconds = lambda fmt, *_: 1.0 if fmt == mine else 2.0
+        chosen[rank] = fastest_layout(torch.device("cpu"), False, 64)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_workers_all_take_the_first_workers_layout() -> None:
+    for favoured in (["channels_last", "contiguous"], ["contiguous", "channels_last"]):
+        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter per worker, as Ray's
+        with spawn.Manager() as manager:
+            chosen = manager.dict()
+            port = _free_port()
+            workers = [
+                spawn.Process(target=_worker, args=(rank, port, favoured, chosen))
+                for rank in range(2)
+            ]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(timeout=120)
+            assert [w.exitcode for w in workers] == [0, 0]
+            assert dict(chosen) == {0: favoured[0], 1: favoured[0]}
