@@ -6,7 +6,9 @@
 For each upload (28x28 PNG, 1024x1024 JPEG), TTA off and on, and each concurrency: p50/p95/
 p99 latency and requests/s over real HTTP; for the graph also where a read's time went (from
 the service's own Prometheus metrics, see deployments/metrics.py) and the batch sizes formed.
-Then the baseline (benchmarks.baseline) under the same load, and the bare forward pass's
+Then the baseline (benchmarks.baseline) under the same load, twice: with the graph's own
+forward pass (what the targets compare: the graph against one process), and on plain torch
+as the service Handai replaced served (app.backend = "torch"); and the bare forward pass's
 throughput as the ceiling. Prints and writes JSON; asserts nothing.
 """
 
@@ -175,7 +177,7 @@ def forward_ceiling(batch_sizes: list[int], threads: int) -> dict[str, float]:
     return out
 
 
-def start_baseline(port: int) -> subprocess.Popen[bytes]:
+def start_baseline(port: int, backend: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.baseline", "--port", str(port)],
         env={
@@ -185,6 +187,7 @@ def start_baseline(port: int) -> subprocess.Popen[bytes]:
             # core (2 threads here: 32 clients 307-314 reads/s, 1 thread 196), while the
             # graph's Model shares them with two other stages (app.threads = 1).
             "APP__THREADS": str(os.cpu_count() or 1),
+            "APP__BACKEND": backend,
         },
     )
     deadline = time.monotonic() + 120
@@ -210,14 +213,16 @@ def main() -> None:
 
     metrics = metrics_url()
     graph = run_matrix(args.url, args.clients, args.seconds, metrics)
-    proc = start_baseline(args.baseline_port)
-    try:
-        baseline = run_matrix(
-            f"http://127.0.0.1:{args.baseline_port}", args.clients, args.seconds, None
-        )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    baselines = {}
+    for name, backend in (("baseline", "auto"), ("baseline_torch", "torch")):
+        proc = start_baseline(args.baseline_port, backend)
+        try:
+            baselines[name] = run_matrix(
+                f"http://127.0.0.1:{args.baseline_port}", args.clients, args.seconds, None
+            )
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
     top = max(args.clients)
     sizes = sorted(
         {1, 8, 32}
@@ -235,7 +240,7 @@ def main() -> None:
         json.dumps(
             {
                 "graph": graph,
-                "baseline": baseline,
+                **baselines,
                 "forward_ceiling_img_s": ceiling,
                 "forward_threads": threads,
                 "clients": args.clients,
