@@ -171,6 +171,9 @@ def train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     cfg = TrainConfig.model_validate(config)
     torch.set_num_threads(cfg.threads_per_worker)
+    # First: loading the data and timing the layouts are work too (threads started later,
+    # torch's pool and loader processes, inherit the priority).
+    yield_to_serving()
     torch.manual_seed(cfg.seed)
     rank = ray.train.get_context().get_world_rank()
     lead = rank == 0
@@ -208,7 +211,6 @@ def train_loop(config: dict[str, Any]) -> None:
         log.info("resuming at epoch %d", start_epoch + 1)
     if lead and start_epoch == 0:
         events.publish("started", epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr)
-    yield_to_serving()
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
