@@ -14,9 +14,13 @@ from train import layout
 from train.layout import LAYOUTS, fastest_layout
 
 
-def test_the_probe_picks_one_of_the_layouts() -> None:
+def test_the_probe_picks_one_of_the_layouts_and_leaves_the_seeded_draws_alone() -> None:
     cpu = torch.device("cpu")
+    torch.manual_seed(7)
     assert fastest_layout(cpu, native_bf16(cpu), batch_size=16) in LAYOUTS
+    after = torch.rand(4)
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.rand(4))
 
 
 def _free_port() -> int:

@@ -47,7 +47,9 @@ def fastest_layout(device: torch.device, bf16: bool, batch_size: int) -> str:
     first worker's choice: DDP reduces gradients as flat buffers in each parameter's own
     layout, so workers that chose differently would add up mismatched elements."""
     batch = min(batch_size, PROBE_BATCH)
-    times = {name: _step_seconds(fmt, device, bf16, batch) for name, fmt in LAYOUTS.items()}
+    # On forked random state: a run's shuffles and augmentations stay what its seed makes them.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        times = {name: _step_seconds(fmt, device, bf16, batch) for name, fmt in LAYOUTS.items()}
     choice = [min(times, key=times.__getitem__)]
     if dist.is_available() and dist.is_initialized():
         dist.broadcast_object_list(choice, src=0)
