@@ -51,6 +51,15 @@ def key(row: dict[str, Any]) -> tuple[str, bool, int]:
     return (row["image"], row["tta"], row["concurrency"])
 
 
+def cell(row: dict[str, Any]) -> str:
+    """A serving row's first three columns: upload, TTA, clients."""
+    return f"| {row['label']} | {'on' if row['tta'] else 'off'} | {row['concurrency']} "
+
+
+def latencies(row: dict[str, Any]) -> str:
+    return f"{row['p50_ms']:.1f} / {row['p95_ms']:.1f} / {row['p99_ms']:.1f}"
+
+
 def serving_section(s: dict[str, Any]) -> list[str]:
     base = {key(r): r for r in s["baseline"]}
     lines = [
@@ -71,9 +80,7 @@ def serving_section(s: dict[str, Any]) -> list[str]:
         if b is None:
             continue
         lines.append(
-            f"| {g['label']} | {'on' if g['tta'] else 'off'} | {g['concurrency']} "
-            f"| {g['p50_ms']:.1f} / {g['p95_ms']:.1f} / {g['p99_ms']:.1f} | {g['rps']:.1f} "
-            f"| {b['p50_ms']:.1f} / {b['p95_ms']:.1f} / {b['p99_ms']:.1f} | {b['rps']:.1f} "
+            cell(g) + f"| {latencies(g)} | {g['rps']:.1f} | {latencies(b)} | {b['rps']:.1f} "
             f"| {g['p50_ms'] / b['p50_ms']:.2f} | {g['rps'] / b['rps']:.2f} "
             f"| {g['failures']} / {b['failures']} |"
         )
@@ -97,9 +104,7 @@ def serving_section(s: dict[str, Any]) -> list[str]:
             if t is None:
                 continue
             lines.append(
-                f"| {g['label']} | {'on' if g['tta'] else 'off'} | {g['concurrency']} "
-                f"| {g['p50_ms']:.1f} | {g['rps']:.1f} "
-                f"| {t['p50_ms']:.1f} / {t['p95_ms']:.1f} / {t['p99_ms']:.1f} | {t['rps']:.1f} "
+                cell(g) + f"| {g['p50_ms']:.1f} | {g['rps']:.1f} | {latencies(t)} | {t['rps']:.1f} "
                 f"| {g['p50_ms'] / t['p50_ms']:.2f} | {g['rps'] / t['rps']:.2f} |"
             )
     lines += [
@@ -124,7 +129,7 @@ def serving_section(s: dict[str, Any]) -> list[str]:
             continue
         cells = " | ".join(f"{st['mean_ms'][k]:.1f} ({st['share'][k]:.0%})" for k in STAGE_NAMES)
         lines.append(
-            f"| {g['label']} | {'on' if g['tta'] else 'off'} | {g['concurrency']} | {cells} "
+            cell(g) + f"| {cells} "
             f"| {st['ingress_batch']['mean_size']:.1f} | {st['forward_batch']['mean_size']:.1f} |"
         )
     ceiling = s["forward_ceiling_img_s"]
