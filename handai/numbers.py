@@ -2,10 +2,12 @@
 
 The same cleaning as a single read (decode, polarity, ink against paper: shadows flattened and
 ruled lines removed), then: 8-connected pieces of ink; specks dropped; pieces stacked in one
-column merged (the bar of a 5, a 4 written in two strokes, a broken stroke); a piece much wider
-than the row's typical digit split where its vertical ink profile is thinnest (touching
-digits); left to right. Each digit then goes through the single read's deskew, 20x20 fit and
-centring, so the model sees what it was trained on.
+column merged (the bar of a 5, a 4 written in two strokes, a broken stroke); left to right. A
+piece that may be touching digits (its shape says so, handai.shapes, or it is much wider than
+the row's typical digit) is also offered split where its vertical ink profile is thinnest, and
+the reading of it (whole or split) is chosen from its shapes and the digit model's confidences.
+Each digit then goes through the single read's deskew, 20x20 fit and centring, so the model
+sees what it was trained on.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from numpy.typing import NDArray
 from PIL import Image
 from scipy import ndimage
 
+from handai import shapes
 from handai.errors import HandaiError
 from handai.preprocess import (
+    Ink,
     Preprocessed,
     dark_background,
     decode,
@@ -43,8 +47,10 @@ SAME_COLUMN = 0.8  # two tall pieces join only when they overlap this much (a tw
 NEAR = 0.3  # a broken-off stroke joins a digit at most this share of the row's height away
 SHORT_DIGIT = 0.4  # a piece this share of the row's height, alone, is still a digit
 DIGIT_ASPECT = 0.7  # a typical digit's width over the row's height
-TWO_WAY_CUTS = 3  # places a two-digit piece is offered cut at
+TWO_WAY_CUTS = 5  # places a two-digit piece is offered cut at
 TOO_WIDE = 1.15  # a group this many typical digit widths wide may be touching digits
+REMNANT = 0.2  # a piece of a cut part this share of its largest, or less, is the neighbour's
+ONE_ONLY = 0.9  # a narrower group is offered split too when its shape says 1 digit less surely
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 Box = tuple[int, int, int, int]  # x, y, width, height in the upload's pixels
@@ -58,11 +64,15 @@ class DigitCut:
 
 @dataclass(frozen=True)
 class Slot:
-    """One place in the row: read as one digit, or (when it is wide enough to be touching
-    digits) as one of the ways it splits into digits; the model's confidence decides."""
+    """One piece of ink in the row: read as one digit, or (when it may be touching digits) as
+    one of the ways it splits into digits; `choose` decides."""
 
     whole: DigitCut
     splits: tuple[tuple[DigitCut, ...], ...] = ()
+    # How likely the piece is to hold 1, 2, or 3 or more digits (handai.shapes); even: no idea.
+    counts: tuple[float, ...] = (1.0, 1.0, 1.0)
+    # Per split, how likely all its cuts fall between digits (handai.shapes); 1: no idea.
+    between: tuple[float, ...] = ()
 
 
 T = TypeVar("T")
@@ -77,20 +87,23 @@ def choose(
     slots: Sequence[Slot], answers: Sequence[T], confidence: Callable[[T], float]
 ) -> list[tuple[DigitCut, T]]:
     """Each slot's digits and their answers, from the answers to `flatten(slots)`: the reading
-    of the slot (whole, or one of its splits) whose confidences multiply to the most, as the
-    number's own confidence does. (On rendered numbers this read 0.3-1.3 points more exactly
-    than the splits' geometric mean, and a prior on the slot's width read fewer: single
-    digits are as wide as touching pairs too often.)"""
+    of the slot (whole, or one of its splits) most likely to hold that many digits, to be cut
+    between them (the piece's shapes, handai.shapes) and to be read right (the confidences
+    multiplied, as the number's own confidence is). On rendered numbers the shapes took the
+    clean ones read exactly from 91.0 to 95.7 %: the digit model reads a squeezed pair as one
+    digit as confidently as a digit, and a sliver cut off a digit as a confident 1."""
     chosen: list[tuple[DigitCut, T]] = []
     at = 0
     for slot in slots:
         whole = answers[at]
         at += 1
-        best, best_score = None, confidence(whole)
-        for split in slot.splits:
+        best, best_score = None, slot.counts[0] * confidence(whole)
+        cut_odds = slot.between or (1.0,) * len(slot.splits)
+        for split, between in zip(slot.splits, cut_odds, strict=True):
             parts = list(answers[at : at + len(split)])
             at += len(split)
-            score = math.prod(confidence(p) for p in parts)
+            odds = slot.counts[min(len(split), len(slot.counts)) - 1] * between
+            score = odds * math.prod(confidence(p) for p in parts)
             if score > best_score:
                 best, best_score = list(zip(split, parts, strict=True)), score
         chosen += best if best is not None else [(slot.whole, whole)]
@@ -99,6 +112,83 @@ def choose(
 
 def segment(data: bytes, *, max_side: int = 1024, invert: bool | None = None) -> list[Slot]:
     """Every digit written in a row, left to right. Raises HandaiError, never anything else."""
+    row = find_row(data, max_side=max_side, invert=invert)
+    pieces = [row.piece(g) for g in row.groups]
+    counts = shapes.counts([shapes.shape(p, row.height) for p in pieces])
+    ways: list[list[tuple[list[int], list[NDArray[np.bool_]]]]] = []
+    for group, piece, odds in zip(row.groups, pieces, counts, strict=True):
+        ways.append([])
+        if odds[0] < ONE_ONLY or group.width > TOO_WIDE * row.typical:
+            for bounds in candidate_splits(piece, row.typical):
+                parts = [_trimmed(_placed(piece, a, b)) for a, b in itertools.pairwise(bounds)]
+                if all(p.any() for p in parts):
+                    ways[-1].append((bounds, parts))
+    inner = [
+        shapes.shape(piece, row.height, cut=x)
+        for piece, splits in zip(pieces, ways, strict=True)
+        for bounds, _ in splits
+        for x in bounds[1:-1]
+    ]
+    between = iter(shapes.between(inner))
+
+    def cut(part: NDArray[np.bool_], offset: tuple[int, int]) -> DigitCut:
+        mask = np.zeros_like(row.ink.mask)
+        mask[offset[0] : offset[0] + part.shape[0], offset[1] : offset[1] + part.shape[1]] = part
+        pixels, angle = digit_pixels(strength_of(row.ink, mask))
+        rows, cols = np.nonzero(mask)
+        y, x = int(rows.min()), int(cols.min())
+        h, w = int(rows.max()) - y + 1, int(cols.max()) - x + 1
+        box = (
+            round(x * row.scale),
+            round(y * row.scale),
+            round(w * row.scale),
+            round(h * row.scale),
+        )
+        image = Preprocessed(
+            pixels=normalize(pixels)[None, None],
+            preview=np.round(pixels * 255.0).astype(np.uint8),
+            inverted=row.invert,
+            deskew_deg=angle,
+        )
+        return DigitCut(image, box)
+
+    slots = []
+    for group, piece, odds, splits in zip(row.groups, pieces, counts, ways, strict=True):
+        at = (group.y0, group.x0)
+        slots.append(
+            Slot(
+                cut(piece, at),
+                tuple(tuple(cut(p, at) for p in parts) for _, parts in splits),
+                tuple(float(p) for p in odds),
+                tuple(
+                    math.prod(float(next(between)) for _ in bounds[1:-1]) for bounds, _ in splits
+                ),
+            )
+        )
+    return slots
+
+
+@dataclass(frozen=True)
+class Row:
+    """The pieces of ink a number is written in, before any is read."""
+
+    ink: Ink
+    invert: bool
+    scale: float  # upload pixels per working pixel
+    labels: NDArray[np.int32]  # 8-connected pieces of ink.mask
+    groups: list[_Group]  # the digits (or touching digits), left to right
+    height: float  # a digit's typical height in the row
+    typical: float  # a digit's typical width in the row
+
+    def piece(self, group: _Group) -> NDArray[np.bool_]:
+        """A group's ink in its box."""
+        box = self.labels[group.y0 : group.y1, group.x0 : group.x1]
+        inside: NDArray[np.bool_] = np.isin(box, group.labels)
+        return inside
+
+
+def find_row(data: bytes, *, max_side: int = 1024, invert: bool | None = None) -> Row:
+    """Clean the image as a single read does and group its ink into digits."""
     gray = decode(data, max_side=max_side, work_side=WORK_SIDE)
     scale = _upload_side(data) / max(gray.shape)
     if invert is None:
@@ -106,7 +196,8 @@ def segment(data: bytes, *, max_side: int = 1024, invert: bool | None = None) ->
     if invert:
         gray = 255 - gray
     ink = find_ink(gray, line_reach=LINE_REACH)
-    groups = digit_masks(ink.mask)
+    labels, count_ = ndimage.label(ink.mask, structure=_EIGHT)
+    groups, height = _digit_groups(labels, count_)
     if not groups:
         raise HandaiError("preprocessing_failed", "no digits found: the image is blank")
     if len(groups) > MAX_DIGITS:
@@ -114,25 +205,11 @@ def segment(data: bytes, *, max_side: int = 1024, invert: bool | None = None) ->
             "preprocessing_failed",
             f"found {len(groups)} marks; expected 1-{MAX_DIGITS} digits written in a row",
         )
-
-    def cut(mask: NDArray[np.bool_]) -> DigitCut:
-        pixels, angle = digit_pixels(strength_of(ink, mask))
-        rows, cols = np.nonzero(mask)
-        y, x = int(rows.min()), int(cols.min())
-        h, w = int(rows.max()) - y + 1, int(cols.max()) - x + 1
-        box = (round(x * scale), round(y * scale), round(w * scale), round(h * scale))
-        image = Preprocessed(
-            pixels=normalize(pixels)[None, None],
-            preview=np.round(pixels * 255.0).astype(np.uint8),
-            inverted=invert,
-            deskew_deg=angle,
-        )
-        return DigitCut(image, box)
-
-    return [
-        Slot(cut(whole), tuple(tuple(cut(p) for p in split) for split in splits))
-        for whole, splits in groups
-    ]
+    widths = [g.width for g in groups if g.width >= 0.4 * g.height]  # not 1s
+    # Merged pairs inflate the median width; a digit is rarely wider than 0.7 of the row.
+    aspect = DIGIT_ASPECT * height
+    typical = min(float(np.median(widths)), aspect) if widths else aspect
+    return Row(ink, invert, scale, labels, groups, height, typical)
 
 
 def _upload_side(data: bytes) -> int:
@@ -166,14 +243,10 @@ class _Group:
         self.y0, self.y1 = min(self.y0, other.y0), max(self.y1, other.y1)
 
 
-def digit_masks(
-    mask: NDArray[np.bool_],
-) -> list[tuple[NDArray[np.bool_], list[list[NDArray[np.bool_]]]]]:
-    """The ink mask -> per digit, left to right: its mask, and the ways it would split into
-    touching digits (none when it is not wide enough to be more than one)."""
-    labels, count = ndimage.label(mask, structure=_EIGHT)
+def _digit_groups(labels: NDArray[np.int32], count: int) -> tuple[list[_Group], float]:
+    """Pieces of ink -> digits (or touching digits) left to right, and the row's digit height."""
     if count == 0:
-        return []
+        return [], 0.0
     sizes = np.bincount(labels.ravel())[1:]
     boxes = ndimage.find_objects(labels)
     largest = float(sizes.max())
@@ -183,30 +256,26 @@ def digit_masks(
         if box is not None and sizes[i] >= SPECK * largest
     ]
     row = float(np.median([g.height for g in groups if sizes[g.labels[0] - 1] >= 0.25 * largest]))
-    groups = _merge_columns(sorted(groups, key=lambda g: g.x0), row)
-    widths = [g.width for g in groups if g.width >= 0.4 * g.height]  # not 1s
-    # Merged pairs inflate the median width; a digit is rarely wider than 0.7 of the row.
-    typical = min(float(np.median(widths)), DIGIT_ASPECT * row) if widths else DIGIT_ASPECT * row
-    out = []
-    for group in groups:
-        piece = np.isin(labels[group.y0 : group.y1, group.x0 : group.x1], group.labels)
-        splits = []
-        for bounds in _splits(piece, typical):
-            parts = [_placed(mask, group, piece, a, b) for a, b in itertools.pairwise(bounds)]
-            if all(p.any() for p in parts):
-                splits.append(parts)
-        out.append((_placed(mask, group, piece, 0, piece.shape[1]), splits))
-    return out
+    return _merge_columns(sorted(groups, key=lambda g: g.x0), row), row
 
 
-def _placed(
-    like: NDArray[np.bool_], group: _Group, piece: NDArray[np.bool_], left: int, right: int
-) -> NDArray[np.bool_]:
-    """Columns left:right of a group's piece, back in the full frame. (Cutting touching digits
-    along the least-ink path between them instead of a column read no more numbers exactly.)"""
-    full = np.zeros_like(like)
-    full[group.y0 : group.y1, group.x0 + left : group.x0 + right] = piece[:, left:right]
-    return full
+def _placed(piece: NDArray[np.bool_], left: int, right: int) -> NDArray[np.bool_]:
+    """Columns left:right of a group's piece, in its box. (Cutting overlapping digits along the
+    least-ink path between them instead of a column read no more numbers exactly.)"""
+    part = np.zeros_like(piece)
+    part[:, left:right] = piece[:, left:right]
+    return part
+
+
+def _trimmed(part: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """A cut part without the bits of its neighbour the cut left in it (pieces much smaller
+    than its largest): where digits overlap, a straight cut takes a stroke end of the other."""
+    labels, count_ = ndimage.label(part, structure=_EIGHT)
+    if count_ <= 1:
+        return part
+    sizes = np.bincount(labels.ravel())[1:]
+    keep: NDArray[np.bool_] = np.isin(labels, 1 + np.nonzero(sizes >= REMNANT * sizes.max())[0])
+    return keep
 
 
 def _merge_columns(groups: list[_Group], row: float) -> list[_Group]:
@@ -233,14 +302,12 @@ def _merge_columns(groups: list[_Group], row: float) -> list[_Group]:
     return sorted(digits, key=lambda g: g.x0)
 
 
-def _splits(piece: NDArray[np.bool_], typical: float) -> list[list[int]]:
-    """Column boundaries of the ways a group may be touching digits: none when it is about one
-    digit wide. In two: at each of the deepest valleys of the vertical ink profile (a 1 beside
-    a 2 meets it far from the middle). In three or more (as many as its width allows, and one
-    more, since narrow 1s hide in a row): at the thinnest column near each division."""
+def candidate_splits(piece: NDArray[np.bool_], typical: float) -> list[list[int]]:
+    """Column boundaries of the ways a group may be touching digits. In two: at each of the
+    deepest valleys of the vertical ink profile (a 1 beside a 2 meets it far from the middle).
+    In three or more (as many as its width allows, and one more, since narrow 1s hide in a
+    row): at the thinnest column near each division."""
     width = piece.shape[1]
-    if typical <= 0 or width <= TOO_WIDE * typical:
-        return []
     profile = ndimage.uniform_filter1d(piece.sum(axis=0).astype(np.float32), 3)
     lo, hi = int(0.15 * width), int(0.85 * width)
     inner = profile[lo:hi]

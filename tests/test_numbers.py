@@ -78,6 +78,20 @@ def test_choose_takes_the_reading_whose_confidences_multiply_to_the_most() -> No
     assert [cut for cut, _ in whole_surer] == [wide.whole]
 
 
+def test_choose_weighs_each_reading_by_what_the_shapes_say() -> None:
+    """How likely the piece holds that many digits and how likely a split's cuts fall between
+    digits scale the confidences' product (handai.shapes)."""
+    wide = segment(zeros([30, 64, 130]))[0]
+    answers = [0.99, 0.9, 0.9, 0.8, 0.8]
+    # Two digits likely; the first split's cut doubtful: 0.9 x 0.2 x 0.81 = 0.15 and
+    # 0.9 x 0.9 x 0.64 = 0.52 against the whole's 0.1 x 0.99.
+    pair = Slot(wide.whole, wide.splits[:2], counts=(0.1, 0.9, 0.0), between=(0.2, 0.9))
+    assert [cut for cut, _ in choose([pair], answers, lambda a: a)] == list(wide.splits[1])
+    # One digit likely: the whole (0.89) beats any split (at most 0.1 x 0.9 x 0.81).
+    one = Slot(wide.whole, wide.splits[:2], counts=(0.9, 0.1, 0.0), between=(0.9, 0.9))
+    assert [cut for cut, _ in choose([one], answers, lambda a: a)] == [wide.whole]
+
+
 @pytest.mark.parametrize(
     ("image", "fragment"),
     [

@@ -34,12 +34,14 @@ class NumberUpload:
     number: str
     style: Style
     touching: bool  # at least one pair of neighbours overlaps
+    spans: tuple[tuple[int, int], ...]  # each digit's columns, [x0, x1) in the upload's pixels
 
 
 def row_of(
-    digits: list[NDArray[np.uint8]], rng: np.random.Generator, height: int
-) -> tuple[Float, bool]:
-    """Light-on-dark digits side by side in [0, 1], with a margin; and whether any touch."""
+    digits: list[NDArray[np.uint8]], rng: np.random.Generator, height: int, touch: float = 0.15
+) -> tuple[Float, bool, list[tuple[int, int]]]:
+    """Light-on-dark digits side by side in [0, 1], with a margin; whether any touch (each
+    neighbour does with odds `touch`); each digit's columns."""
     pieces = []
     for digit in digits:
         # Solid pen or brush strokes, as written or drawn (MNIST's own are faint in places).
@@ -51,7 +53,7 @@ def row_of(
         pieces.append(np.asarray(cv2.resize(crop, (w, h), interpolation=cv2.INTER_AREA)))
     # Mostly apart, sometimes close enough to touch.
     gaps = [
-        (rng.uniform(-0.1, 0.05) if rng.random() < 0.15 else rng.uniform(0.05, 0.6)) * height
+        (rng.uniform(-0.1, 0.05) if rng.random() < touch else rng.uniform(0.05, 0.6)) * height
         for _ in pieces[1:]
     ]
     touching = any(g < 0.02 * height for g in gaps)
@@ -59,17 +61,19 @@ def row_of(
     width = sum(p.shape[1] for p in pieces) + int(sum(gaps)) + 2 * margin
     canvas = np.zeros((2 * height + 2 * margin, max(width, height)), np.float32)
     x, drift = float(margin), 0.0
+    spans = []
     for k, piece in enumerate(pieces):
         drift += rng.uniform(-0.08, 0.08) * height
         top = int(margin + height // 2 + drift + (height - piece.shape[0]) / 2)
         top = min(max(top, 0), canvas.shape[0] - piece.shape[0])
         left = int(x)
+        spans.append((left, left + piece.shape[1]))
         region = canvas[top : top + piece.shape[0], left : left + piece.shape[1]]
         np.maximum(region, np.clip(piece[:, : region.shape[1]], 0, 1), out=region)
         x += piece.shape[1] + (gaps[k] if k < len(gaps) else 0)
     rows, _ = np.nonzero(canvas > 0.05)
     canvas = canvas[max(0, rows.min() - margin) : rows.max() + margin + 1]
-    return canvas, touching
+    return canvas, touching, spans
 
 
 def clean(row: Float, rng: np.random.Generator) -> bytes:
@@ -78,7 +82,8 @@ def clean(row: Float, rng: np.random.Generator) -> bytes:
     return wild._encode_png(img)
 
 
-def photo(row: Float, rng: np.random.Generator) -> bytes:
+def photo(row: Float, rng: np.random.Generator) -> tuple[bytes, int]:
+    """The photo, and how far right the row moved in it (before the camera's small warp)."""
     h, w = row.shape
     pad = int(rng.uniform(0.1, 0.5) * w)
     ink = np.pad(row, ((pad // 2, pad // 2), (pad // 4, pad // 4)))
@@ -89,7 +94,7 @@ def photo(row: Float, rng: np.random.Generator) -> bytes:
     img *= wild._lighting(h, w, rng, (0.1, 0.35))[..., None]
     img = wild._camera(img, rng, tilt=4.0, keystone=0.04)
     img += rng.normal(0, rng.uniform(0.005, 0.015), img.shape).astype(np.float32)
-    return wild._encode_jpeg(img, int(rng.integers(60, 91)))
+    return wild._encode_jpeg(img, int(rng.integers(60, 91))), pad // 4
 
 
 def render(
@@ -99,6 +104,7 @@ def render(
     n: int,
     seed: int = 0,
     lengths: tuple[int, int] = (2, 6),
+    touch: float = 0.15,
 ) -> Iterator[NumberUpload]:
     """n numbers of one style; the same seed gives the same files."""
     rng = np.random.default_rng([seed, 100 + STYLES.index(style)])
@@ -106,9 +112,11 @@ def render(
         k = int(rng.integers(lengths[0], lengths[1] + 1))
         picks = rng.choice(len(labels), size=k, replace=False)
         height = int(rng.integers(28, 90))
-        row, touching = row_of([digits[i] for i in picks], rng, height)
-        data = clean(row, rng) if style == "clean" else photo(row, rng)
-        yield NumberUpload(data, "".join(str(int(labels[i])) for i in picks), style, touching)
+        row, touching, spans = row_of([digits[i] for i in picks], rng, height, touch)
+        data, shift = (clean(row, rng), 0) if style == "clean" else photo(row, rng)
+        number = "".join(str(int(labels[i])) for i in picks)
+        moved = tuple((a + shift, b + shift) for a, b in spans)
+        yield NumberUpload(data, number, style, touching, moved)
 
 
 def main() -> None:
