@@ -16,11 +16,9 @@ from handai import registry, shapes
 from handai.backends import TorchForward
 from handai.inference import Engine
 from handai.numbers import choose, flatten, segment
-from tests.images import digit_row, hwd_tile, png
+from tests.images import DATA, digit_row, hwd_tile, png
 from train import numbers, wild
 from train.shapes import Examples, label_row
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def touching(pair: str, k: int) -> bytes:
