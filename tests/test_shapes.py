@@ -15,9 +15,10 @@ from numpy.typing import NDArray
 from handai import registry, shapes
 from handai.backends import TorchForward
 from handai.inference import Engine
-from handai.numbers import choose, flatten, segment
+from handai.numbers import segment
 from tests.images import DATA, digit_row, hwd_tile, png
 from train import numbers, wild
+from train.evaluate import read_number
 from train.shapes import Examples, label_row
 
 
@@ -35,13 +36,6 @@ def engine() -> Engine:
     return Engine(TorchForward(seed.module), seed.manifest.temperature, 0.85)
 
 
-def read(engine: Engine, data: bytes) -> str:
-    slots = segment(data)
-    cuts = flatten(slots)
-    answers = engine.predict(np.concatenate([c.image.pixels for c in cuts]), [False] * len(cuts))
-    return "".join(str(a.digit) for _, a in choose(slots, answers, lambda a: a.confidence))
-
-
 def test_the_shape_tells_touching_digits_from_single_ones() -> None:
     pairs = [
         segment(touching(pair, k)) for pair in ("60", "49", "77", "38", "25") for k in range(4)
@@ -57,7 +51,9 @@ def test_touching_digits_read_as_both(engine: Engine) -> None:
     """Chosen by the digit model's confidences alone (before handai.shapes), 10 of these 20
     read as one digit ("60" as a 0, "49" as a 4); with the shapes 3 are misread here."""
     pairs = [(pair, k) for pair in ("60", "49", "77", "38", "25") for k in range(4)]
-    misread = [(pair, got) for pair, k in pairs if (got := read(engine, touching(pair, k))) != pair]
+    misread = [
+        (pair, got) for pair, k in pairs if (got := read_number(engine, touching(pair, k))) != pair
+    ]
     assert len(misread) <= 4, misread
 
 

@@ -123,19 +123,24 @@ def report(name: str, result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def read_number(engine: Engine, data: bytes) -> str:
+    """A whole number as /v1/read/number reads it (TTA off), without the service's hops."""
+    slots = segment(data)
+    cuts = flatten(slots)
+    pixels = np.concatenate([c.image.pixels for c in cuts])
+    read = choose(slots, engine.predict(pixels, [False] * len(cuts)), lambda p: p.confidence)
+    return "".join(str(p.digit) for _, p in read)
+
+
 def evaluate_numbers(engine: Engine, uploads: list[numbers.NumberUpload]) -> dict[str, Any]:
     """Whole numbers through /v1/read/number's path: exact matches, refusals, examples."""
     exact, refused, wrong = 0, 0, []
     for upload in uploads:
         try:
-            slots = segment(upload.data)
+            got = read_number(engine, upload.data)
         except HandaiError:
             refused += 1
             continue
-        cuts = flatten(slots)
-        pixels = np.concatenate([c.image.pixels for c in cuts])
-        read = choose(slots, engine.predict(pixels, [False] * len(cuts)), lambda p: p.confidence)
-        got = "".join(str(p.digit) for _, p in read)
         if got == upload.number:
             exact += 1
         else:

@@ -44,6 +44,10 @@ class Examples:
     x: list[NDArray[np.float16]]  # half precision: a few GB fewer
     y: list[int]
 
+    def extend(self, other: Examples) -> None:
+        self.x += other.x
+        self.y += other.y
+
     def arrays(self) -> tuple[NDArray[np.float16], NDArray[np.int64]]:
         return np.stack(self.x), np.array(self.y, np.int64)
 
@@ -123,10 +127,8 @@ def dataset(data: Path, rows: int, seed: int, workers: int) -> tuple[Examples, E
     counts, cuts = Examples([], []), Examples([], [])
     with Pool(workers) as pool:
         for part_counts, part_cuts in pool.map(_render, jobs):
-            counts.x += part_counts.x
-            counts.y += part_counts.y
-            cuts.x += part_cuts.x
-            cuts.y += part_cuts.y
+            counts.extend(part_counts)
+            cuts.extend(part_cuts)
     return counts, cuts
 
 
@@ -164,7 +166,7 @@ def confusion(model: nn.Module, examples: Examples, classes: int) -> NDArray[np.
     x, y = examples.arrays()
     with torch.inference_mode():
         logits = model(torch.from_numpy(x).float())
-    pred = (logits[:, 0] > 0).long() if classes == 2 and logits.shape[1] == 1 else logits.argmax(1)
+    pred = (logits[:, 0] > 0).long() if logits.shape[1] == 1 else logits.argmax(1)
     table = np.zeros((classes, classes), np.int64)
     np.add.at(table, (y, pred.numpy()), 1)
     return table
