@@ -49,7 +49,7 @@ from handai.config import load_settings
 from handai.errors import STATUS, ErrorCode, HandaiError
 from handai.inference import Prediction
 from handai.manifest import Manifest
-from handai.numbers import DigitCut, Slot, choose, flatten
+from handai.numbers import DigitCut
 from handai.preprocess import Preprocessed
 
 log = logging.getLogger("ray.serve")
@@ -191,6 +191,10 @@ class IngressConfig(BaseModel):
     # Up to this many reads in flight are admitted whatever the estimate: a stall (a model
     # swap, one slow batch) must not turn a handful of clients away.
     always_admit: Annotated[int, Field(ge=0)] = 32
+    # Whole-number reads in flight at once per replica; more answer 503 overloaded at once.
+    # One costs the graph ~16 digit reads (up to ~130 for a hostile upload), and clients that
+    # retry without waiting took every slot admission freed: digit reads starved.
+    max_number_reads: Annotated[int, Field(ge=1)] = 2
 
 
 @dataclass(frozen=True)
@@ -376,6 +380,8 @@ class Ingress:
             always=cfg.always_admit,
         )
         self.reads = Batcher(self._read_batch, cfg.max_batch_size, cfg.max_batches_in_flight)
+        self.max_number_reads = cfg.max_number_reads
+        self.number_reads = 0  # in flight
         self.switching = asyncio.Lock()
         self.switches: set[asyncio.Task[Any]] = set()
 
@@ -386,6 +392,7 @@ class Ingress:
         self.admission.always = cfg.always_admit
         self.reads.max_batch_size = cfg.max_batch_size
         self.reads.max_in_flight = cfg.max_batches_in_flight
+        self.max_number_reads = cfg.max_number_reads
 
     @app.get("/", include_in_schema=False)
     async def page(self) -> HTMLResponse:
@@ -495,7 +502,17 @@ class Ingress:
         """1-12 digits written in a row: segmented on the same cleaned image as /v1/read,
         every candidate digit read by the same Model deployment (batched with other reads)."""
         start = time.perf_counter()
-        answers = await self._admitted(request, lambda data: self._read_digits(data, invert, tta))
+        if self.number_reads >= self.max_number_reads:
+            raise HandaiError(
+                "overloaded", "too many whole-number reads at once; retry shortly", retry_after_s=1
+            )
+        self.number_reads += 1
+        try:
+            answers = await self._admitted(
+                request, lambda data: self._read_digits(data, invert, tta)
+            )
+        finally:
+            self.number_reads -= 1
         model_id = answers[0][1][0]
         predictions = [p for _, (_, p) in answers]
         for prediction in predictions:
@@ -539,18 +556,13 @@ class Ingress:
     async def _read_digits(
         self, data: bytes, invert: bool | None, tta: bool | None
     ) -> list[tuple[DigitCut, tuple[str, Prediction]]]:
-        # A HandaiError raised in another deployment arrives wrapped: the edge unwraps it.
-        slots: list[Slot] = await self.preprocess.segment.remote(data, invert)
-        cuts = flatten(slots)
-        answers: list[Answer] = await self.model.predict.remote(
-            [c.image for c in cuts], [tta] * len(cuts)
+        # Chained: Ray hands the slots straight to the Model. A HandaiError raised in another
+        # deployment arrives wrapped: the edge unwraps it.
+        slots = self.preprocess.segment.remote(data, invert)
+        read: list[tuple[DigitCut, tuple[str, Prediction]]] = await self.model.read_number.remote(
+            slots, tta
         )
-        read: list[tuple[str, Prediction]] = []
-        for answer in answers:
-            if isinstance(answer, HandaiError):
-                raise answer
-            read.append(answer)
-        return choose(slots, read, lambda a: a[1].confidence)
+        return read
 
     async def _read_batch(self, jobs: list[ReadJob]) -> list[Reading]:
         """One Preprocess call and one Model call for every read queued together.

@@ -21,14 +21,18 @@ from handai import registry
 from handai.backends import plan
 from handai.config import Settings, load_settings
 from handai.errors import HandaiError
-from handai.inference import Engine, Prediction
+from handai.inference import N_VIEWS, Engine, Prediction
 from handai.manifest import Manifest
+from handai.numbers import MAX_DIGITS, DigitCut, Slot, choose, flatten
 from handai.preprocess import Prepared, Preprocessed
 
 # A model id and its reading, or the error that image earned upstream.
 Answer = tuple[str, Prediction] | HandaiError
 
 log = logging.getLogger("ray.serve")
+# Views a number read sends the Model per call: about an ingress batch's worth, so digit reads
+# queued behind it wait one such pass, not the whole number's.
+NUMBER_VIEWS = 32
 
 
 class ModelConfig(BaseModel):
@@ -202,3 +206,37 @@ class Model:
             out.append([answers[j] for j in range(at, at + len(batch))])
             at += len(batch)
         return out
+
+    async def read_number(
+        self, slots: list[Slot], tta: bool | None
+    ) -> list[tuple[DigitCut, tuple[str, Prediction]]]:
+        """A number's digits: every candidate read without TTA, the reading chosen
+        (handai.numbers.choose), then with TTA on only the chosen digits read again with it
+        (TTA on every candidate made one upload up to 9 x 64 views)."""
+        cuts = flatten(slots)
+        read = choose(slots, await self._read(cuts, False), lambda a: a[1].confidence)
+        if len(read) > MAX_DIGITS:
+            raise HandaiError(
+                "preprocessing_failed",
+                f"read {len(read)} digits; expected 1-{MAX_DIGITS} digits written in a row",
+            )
+        if not (self.tta_default if tta is None else tta):
+            return read
+        chosen = [cut for cut, _ in read]
+        return list(zip(chosen, await self._read(chosen, True), strict=True))
+
+    async def _read(self, cuts: list[DigitCut], tta: bool) -> list[tuple[str, Prediction]]:
+        """Digits through `predict` a few views at a time, one call after another: digit reads
+        queued meanwhile share the next forward pass instead of waiting behind all of them."""
+        step = max(1, NUMBER_VIEWS // (N_VIEWS if tta else 1))
+        read = []
+        for at in range(0, len(cuts), step):
+            part = cuts[at : at + step]
+            answers: list[Answer] = await self.predict(  # type: ignore[misc, call-arg]
+                [c.image for c in part], [tta] * len(part)
+            )
+            for answer in answers:
+                if isinstance(answer, HandaiError):
+                    raise answer
+                read.append(answer)
+        return read

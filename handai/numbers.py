@@ -51,9 +51,13 @@ TWO_WAY_CUTS = 5  # places a two-digit piece is offered cut at
 TOO_WIDE = 1.15  # a group this many typical digit widths wide may be touching digits
 REMNANT = 0.2  # a piece of a cut part this share of its largest, or less, is the neighbour's
 ONE_ONLY = 0.9  # a narrower group is offered split too when its shape says 1 digit less surely
+# Candidate digits one upload sends the Model at most (rendered numbers: ~19 on average, 55 at
+# most): twelve wide scribbles made 216, so one upload cost the graph ~200 single reads.
+MAX_CANDIDATES = 64
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 Box = tuple[int, int, int, int]  # x, y, width, height in the upload's pixels
+Ways = list[list[tuple[list[int], list[NDArray[np.bool_]]]]]  # per group: (bounds, parts)
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ def segment(data: bytes, *, max_side: int = 1024, invert: bool | None = None) ->
     row = find_row(data, max_side=max_side, invert=invert)
     pieces = [row.piece(g) for g in row.groups]
     counts = shapes.counts([shapes.shape(p, row.height) for p in pieces])
-    ways: list[list[tuple[list[int], list[NDArray[np.bool_]]]]] = []
+    ways: Ways = []
     for group, piece, odds in zip(row.groups, pieces, counts, strict=True):
         ways.append([])
         if odds[0] < ONE_ONLY or group.width > TOO_WIDE * row.typical:
@@ -123,6 +127,7 @@ def segment(data: bytes, *, max_side: int = 1024, invert: bool | None = None) ->
                 parts = [_trimmed(_placed(piece, a, b)) for a, b in itertools.pairwise(bounds)]
                 if all(p.any() for p in parts):
                     ways[-1].append((bounds, parts))
+    ways = _within_budget(ways, counts)
     inner = [
         shapes.shape(piece, row.height, cut=x)
         for piece, splits in zip(pieces, ways, strict=True)
@@ -166,6 +171,30 @@ def segment(data: bytes, *, max_side: int = 1024, invert: bool | None = None) ->
             )
         )
     return slots
+
+
+def _within_budget(ways: Ways, counts: NDArray[np.float32]) -> Ways:
+    """The splits, fewest dropped, so that the wholes and the splits' parts are at most
+    MAX_CANDIDATES digits: the splits into as many digits as their piece's shape says most
+    likely are kept first (order kept among equals)."""
+    room = MAX_CANDIDATES - len(ways)
+    if sum(len(parts) for splits in ways for _, parts in splits) <= room:
+        return ways
+    ranked = sorted(
+        (
+            (-float(odds[min(len(parts), len(odds)) - 1]), i, j)
+            for i, (splits, odds) in enumerate(zip(ways, counts, strict=True))
+            for j, (_, parts) in enumerate(splits)
+        ),
+        key=lambda r: r[0],
+    )
+    kept: set[tuple[int, int]] = set()
+    for _, i, j in ranked:
+        size = len(ways[i][j][1])
+        if size <= room:
+            kept.add((i, j))
+            room -= size
+    return [[w for j, w in enumerate(splits) if (i, j) in kept] for i, splits in enumerate(ways)]
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ real HTTP, and `handai read --number`."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from numpy.typing import NDArray
 
 from handai.errors import HandaiError
-from handai.numbers import MAX_DIGITS, Slot, choose, flatten, segment
+from handai.numbers import MAX_CANDIDATES, MAX_DIGITS, Slot, choose, flatten, segment
 from tests.conftest import API_KEY, Service
 from tests.images import digit_row as row
 from tests.images import hwd_tile as tile
@@ -108,6 +109,25 @@ def test_no_digits_or_too_many_is_preprocessing_failed(
     assert refused.value.code == "preprocessing_failed" and fragment in refused.value.message
 
 
+def scribbles(n: int) -> bytes:
+    """n wide wavy strokes in a row: each a piece the shapes may read as several digits."""
+    img = np.full((80, 1024), 255, np.uint8)
+    for k in range(n):
+        x0 = 5 + k * max(85, 1000 // n)
+        points = [(x0 + 3 * i, round(40 + 25 * np.sin(i))) for i in range(26)]
+        cv2.polylines(img, [np.array(points, np.int32)], False, 0, 6, cv2.LINE_AA)
+    return png(img)
+
+
+def test_a_scribbled_row_is_read_at_a_bounded_cost() -> None:
+    """Every piece is still offered whole, but the splits stop at MAX_CANDIDATES digits
+    (twelve scribbles made 216: one upload cost the Model ~200 single reads)."""
+    slots = segment(scribbles(12))
+    assert len(slots) == 12
+    assert len(flatten(slots)) <= MAX_CANDIDATES
+    assert sum(bool(slot.splits) for slot in slots) >= 2  # the budget went to splits too
+
+
 def test_read_number_over_http(service: Service) -> None:
     with service.client() as c:
         resp = c.post("/v1/read/number", files={"file": ("n.png", number_png("4096"), "image/png")})
@@ -153,3 +173,45 @@ def test_cli_reads_a_number(service: Service, tmp_path: Path) -> None:
     first, *rest = done.stdout.splitlines()
     assert first.startswith("Number: ") and "% confidence)" in first
     assert sum(line.startswith("Digit ") for line in rest) == 4
+
+
+def test_number_reads_are_bounded_and_take_turns(service: Service) -> None:
+    """A read of more than 12 digits is refused; TTA re-reads only the chosen digits; past
+    `max_number_reads` at once, number reads answer 503 overloaded with Retry-After, and
+    digit reads go on meanwhile."""
+    with service.client() as c:
+        many = c.post("/v1/read/number", files={"file": ("s.png", scribbles(12), "image/png")})
+        assert many.status_code == 400 and many.json()["code"] == "preprocessing_failed"
+        assert "expected 1-12 digits" in many.json()["message"]
+        files = {"file": ("n.png", number_png("4096"), "image/png")}
+        plain = c.post("/v1/read/number", files=files)
+        tta = c.post("/v1/read/number", files=files, params={"tta": "true"})
+    assert plain.status_code == tta.status_code == 200, tta.text
+    assert len(plain.json()["number"]) == len(tta.json()["number"]) == 4
+    # The same digits, read with TTA: each answer its own.
+    assert [d["box"] for d in plain.json()["digits"]] == [d["box"] for d in tta.json()["digits"]]
+
+    async def burst() -> tuple[list[httpx.Response], list[httpx.Response]]:
+        async with httpx.AsyncClient(base_url=service.url, timeout=60) as c:
+            numbers = [
+                c.post(
+                    "/v1/read/number",
+                    files={"file": ("s.png", scribbles(4), "image/png")},
+                    params={"tta": "true"},
+                )
+                for _ in range(8)
+            ]
+            digits = [
+                c.post("/v1/read", files={"file": ("n.png", number_png("7"), "image/png")})
+                for _ in range(4)
+            ]
+            answers = await asyncio.gather(*numbers, *digits)
+            return list(answers[:8]), list(answers[8:])
+
+    numbers, digits = asyncio.run(burst())
+    statuses = [r.status_code for r in numbers]
+    assert set(statuses) == {200, 503} and statuses.count(200) >= 2, statuses
+    for r in numbers:
+        if r.status_code == 503:
+            assert r.json()["code"] == "overloaded" and r.headers["retry-after"] == "1"
+    assert [r.status_code for r in digits] == [200] * 4
