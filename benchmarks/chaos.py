@@ -8,7 +8,8 @@ shipped serve_config.yaml and ports; any running instance is stopped first) with
 in a temporary folder and an admin key of its own, then runs each part and prints its
 figures. Parts: restarts (5 start/stop cycles by Ctrl-C, kill -9 + make stop, SIGTERM,
 SIGHUP), fuzz (mutated and malformed reads), hostile (malicious model uploads),
-overload (4x the measured capacity), swaps (activations under load, /readyz polled every
+overload (4x the measured capacity), numbers (digit reads beside clients posting costly
+whole-number uploads), swaps (activations under load, /readyz polled every
 0.2 s), kill (a Model replica killed under load), soak (moderate load for --soak-minutes,
 replica memory sampled). Asserts nothing: tests/test_chaos.py runs the fast parts in `make test`.
 """
@@ -38,15 +39,15 @@ import httpx
 import psutil
 
 from benchmarks import fuzz
-from benchmarks.images import UPLOADS
-from benchmarks.load import ReaderThreads, run_load, run_open_loop
+from benchmarks.images import UPLOADS, scribbles_png
+from benchmarks.load import LoadResult, ReaderThreads, run_load, run_open_loop
 from deployments.cluster import Cluster, Ports
 from handai.backends import cpu_name
 from handai.registry import MANIFEST_FILE, MODEL_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 HWD = ROOT.parent / "shared" / "data" / "hwd1000" / "img"
-PARTS = ("restarts", "fuzz", "hostile", "overload", "swaps", "kill", "soak")
+PARTS = ("restarts", "fuzz", "hostile", "overload", "numbers", "swaps", "kill", "soak")
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,34 @@ def part_overload(target: Target, seconds: float) -> dict[str, Any]:
         "open_loop_4x": open_loop.as_dict(),
         "answered_share_of_capacity_128": round(flood.rps / capacity.rps, 3),
         "answered_share_of_capacity_open_4x": round(open_loop.answered_rps / capacity.rps, 3),
+    }
+
+
+NUMBER_CLIENTS = 2  # one more than the Ingress's max_number_reads: one waits its Retry-After
+
+
+def part_numbers(target: Target, seconds: float) -> dict[str, Any]:
+    """8 clients reading digits, alone and beside clients posting the costliest whole-number
+    upload there is (rows of scribbles, TTA on) in closed loops."""
+    _, ctype, make = UPLOADS["png28"]
+    digits = f"{target.url}/v1/read?tta=false"
+    numbers = f"{target.url}/v1/read/number?tta=true"
+    alone = run_load(digits, make(), ctype, 8, seconds=seconds)
+    hostile: list[LoadResult] = []
+    flood = threading.Thread(
+        target=lambda: hostile.append(
+            run_load(numbers, scribbles_png(4), "image/png", NUMBER_CLIENTS, seconds + 4, 1.0)
+        )
+    )
+    flood.start()
+    time.sleep(2.0)
+    beside = run_load(digits, make(), ctype, 8, seconds=seconds)
+    flood.join()
+    return {
+        "digit_reads_alone": alone.as_dict(),
+        "digit_reads_beside_numbers": beside.as_dict(),
+        "number_reads": hostile[0].as_dict(),
+        "number_clients": NUMBER_CLIENTS,
     }
 
 
@@ -413,6 +442,8 @@ def main() -> None:
                     results[part] = part_hostile(target, max_model_bytes)
                 elif part == "overload":
                     results[part] = part_overload(target, args.overload_seconds)
+                elif part == "numbers":
+                    results[part] = part_numbers(target, args.overload_seconds)
                 elif part == "swaps":
                     results[part] = part_swaps(target, args.swaps)
                 elif part == "kill":

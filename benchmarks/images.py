@@ -1,9 +1,11 @@
-"""The two uploads every benchmark uses: a 28x28 PNG and a 1024x1024 photo-like JPEG."""
+"""The two uploads every benchmark uses (a 28x28 PNG and a 1024x1024 photo-like JPEG), and a
+hostile whole-number upload."""
 
 from __future__ import annotations
 
 import io
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
@@ -30,6 +32,19 @@ def small_png() -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def scribbles_png(n: int) -> bytes:
+    """n wide wavy strokes in a row: each a piece of ink the shapes may read as several digits,
+    so a whole-number read of it costs as much as any upload can."""
+    img = np.full((80, 1024), 255, np.uint8)
+    for k in range(n):
+        x0 = 5 + k * max(85, 1000 // n)
+        points = [(x0 + 3 * i, round(40 + 25 * np.sin(i))) for i in range(26)]
+        cv2.polylines(img, [np.array(points, np.int32)], False, 0, 6, cv2.LINE_AA)
+    ok, encoded = cv2.imencode(".png", img)
+    assert ok
+    return encoded.tobytes()
 
 
 # name -> (label, content type, maker)

@@ -93,6 +93,23 @@ def render(r: dict[str, Any]) -> str:
             ),
             "",
         ]
+    if n := r.get("numbers"):
+        a, b, h = n["digit_reads_alone"], n["digit_reads_beside_numbers"], n["number_reads"]
+        out += [
+            *_head(r, "numbers", "## Costly whole-number uploads beside digit reads"),
+            f"8 clients read a 28x28 PNG (TTA off), alone and while {n['number_clients']} "
+            "clients post a row of four scribbles to `/v1/read/number?tta=true` in closed "
+            "loops (64 candidate digits, 12 read with TTA: the most one upload can cost).",
+            "",
+            _row("reads", "answered/s", "p50 ms", "p99 ms", "not answered"),
+            _row("---", "---", "---", "---", "---"),
+            _row("digits alone", a["rps"], a["p50_ms"], a["p99_ms"], a["failure_statuses"]),
+            _row(
+                "digits beside numbers", b["rps"], b["p50_ms"], b["p99_ms"], b["failure_statuses"]
+            ),
+            _row("the number reads", h["rps"], h["p50_ms"], h["p99_ms"], h["failure_statuses"]),
+            "",
+        ]
     if s := r.get("swaps"):
         out += [
             *_head(r, "swaps", "## Model swaps under load"),
