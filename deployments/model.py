@@ -23,7 +23,7 @@ from handai.config import Settings, load_settings
 from handai.errors import HandaiError
 from handai.inference import N_VIEWS, Engine, Prediction
 from handai.manifest import Manifest
-from handai.numbers import MAX_DIGITS, DigitCut, Slot, choose, flatten
+from handai.numbers import DigitCut, Slot, choose, flatten
 from handai.preprocess import Prepared, Preprocessed
 
 # A model id and its reading, or the error that image earned upstream.
@@ -215,11 +215,6 @@ class Model:
         (TTA on every candidate made one upload up to 9 x 64 views)."""
         cuts = flatten(slots)
         read = choose(slots, await self._read(cuts, False), lambda a: a[1].confidence)
-        if len(read) > MAX_DIGITS:
-            raise HandaiError(
-                "preprocessing_failed",
-                f"read {len(read)} digits; expected 1-{MAX_DIGITS} digits written in a row",
-            )
         if not (self.tta_default if tta is None else tta):
             return read
         chosen = [cut for cut, _ in read]

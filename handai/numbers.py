@@ -93,9 +93,10 @@ def choose(
     """Each slot's digits and their answers, from the answers to `flatten(slots)`: the reading
     of the slot (whole, or one of its splits) most likely to hold that many digits, to be cut
     between them (the piece's shapes, handai.shapes) and to be read right (the confidences
-    multiplied, as the number's own confidence is). On rendered numbers the shapes took the
-    clean ones read exactly from 91.0 to 95.7 %: the digit model reads a squeezed pair as one
-    digit as confidently as a digit, and a sliver cut off a digit as a confident 1."""
+    multiplied, as the number's own confidence is); more than MAX_DIGITS digits in all is
+    preprocessing_failed. On rendered numbers the shapes took the clean ones read exactly from
+    91.0 to 95.7 %: the digit model reads a squeezed pair as one digit as confidently as a
+    digit, and a sliver cut off a digit as a confident 1."""
     chosen: list[tuple[DigitCut, T]] = []
     at = 0
     for slot in slots:
@@ -111,6 +112,11 @@ def choose(
             if score > best_score:
                 best, best_score = list(zip(split, parts, strict=True)), score
         chosen += best if best is not None else [(slot.whole, whole)]
+    if len(chosen) > MAX_DIGITS:  # 12 marks at most, but each may read as several digits
+        raise HandaiError(
+            "preprocessing_failed",
+            f"read {len(chosen)} digits; expected 1-{MAX_DIGITS} digits written in a row",
+        )
     return chosen
 
 

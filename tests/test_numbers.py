@@ -119,6 +119,16 @@ def test_a_scribbled_row_is_read_at_a_bounded_cost() -> None:
     assert sum(bool(slot.splits) for slot in slots) >= 2  # the budget went to splits too
 
 
+def test_a_reading_of_more_than_twelve_digits_is_preprocessing_failed() -> None:
+    slots = segment(scribbles_png(12))
+    answers = [1.0] * len(flatten(slots))  # every split as sure as every whole: the most digits
+    too_many = [Slot(s.whole, s.splits, counts=(0.0, 1.0, 1.0)) for s in slots]
+    with pytest.raises(HandaiError) as refused:
+        choose(too_many, answers, lambda a: a)
+    assert refused.value.code == "preprocessing_failed"
+    assert "expected 1-12 digits" in refused.value.message
+
+
 def test_read_number_over_http(service: Service) -> None:
     with service.client() as c:
         resp = c.post("/v1/read/number", files={"file": ("n.png", number_png("4096"), "image/png")})
