@@ -11,6 +11,7 @@ import importlib.metadata
 import json
 import os
 import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +61,17 @@ def latencies(row: dict[str, Any]) -> str:
     return f"{row['p50_ms']:.1f} / {row['p95_ms']:.1f} / {row['p99_ms']:.1f}"
 
 
+def paired(
+    graph: list[dict[str, Any]], other: list[dict[str, Any]]
+) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """Each graph row with the other server's row for the same upload, TTA and clients."""
+    by_key = {key(r): r for r in other}
+    for g in graph:
+        if (o := by_key.get(key(g))) is not None:
+            yield g, o
+
+
 def serving_section(s: dict[str, Any]) -> list[str]:
-    base = {key(r): r for r in s["baseline"]}
     lines = [
         "## Serving: the Ray Serve graph against the single-process baseline",
         "",
@@ -75,17 +85,13 @@ def serving_section(s: dict[str, Any]) -> list[str]:
         "| baseline p50 / p95 / p99 ms | baseline req/s | p50 ratio | req/s ratio | failures |",
         "|---|---|---:|---|---:|---|---:|---:|---:|---:|",
     ]
-    for g in s["graph"]:
-        b = base.get(key(g))
-        if b is None:
-            continue
+    for g, b in paired(s["graph"], s["baseline"]):
         lines.append(
             cell(g) + f"| {latencies(g)} | {g['rps']:.1f} | {latencies(b)} | {b['rps']:.1f} "
             f"| {g['p50_ms'] / b['p50_ms']:.2f} | {g['rps'] / b['rps']:.2f} "
             f"| {g['failures']} / {b['failures']} |"
         )
-    torch_base = {key(r): r for r in s.get("baseline_torch", [])}
-    if torch_base:
+    if s.get("baseline_torch"):
         lines += [
             "",
             "### Against the plain server on plain torch",
@@ -99,10 +105,7 @@ def serving_section(s: dict[str, Any]) -> list[str]:
             "p99 ms | plain torch req/s | p50 ratio | req/s ratio |",
             "|---|---|---:|---:|---:|---|---:|---:|---:|",
         ]
-        for g in s["graph"]:
-            t = torch_base.get(key(g))
-            if t is None:
-                continue
+        for g, t in paired(s["graph"], s["baseline_torch"]):
             lines.append(
                 cell(g) + f"| {g['p50_ms']:.1f} | {g['rps']:.1f} | {latencies(t)} | {t['rps']:.1f} "
                 f"| {g['p50_ms'] / t['p50_ms']:.2f} | {g['rps'] / t['rps']:.2f} |"
