@@ -42,9 +42,9 @@ def scribbles_png(n: int) -> bytes:
         x0 = 5 + k * max(85, 1000 // n)
         points = [(x0 + 3 * i, round(40 + 25 * np.sin(i))) for i in range(26)]
         cv2.polylines(img, [np.array(points, np.int32)], False, 0, 6, cv2.LINE_AA)
-    ok, encoded = cv2.imencode(".png", img)
-    assert ok
-    return encoded.tobytes()
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 # name -> (label, content type, maker)

@@ -82,6 +82,11 @@ class Slot:
 T = TypeVar("T")
 
 
+def _odds(counts: Sequence[float], digits: int) -> float:
+    """How likely a piece holds `digits` digits, from its counts (1, 2, 3 or more)."""
+    return float(counts[min(digits, len(counts)) - 1])
+
+
 def flatten(slots: Sequence[Slot]) -> list[DigitCut]:
     """Every candidate digit, for one forward pass: each slot's whole, then its splits."""
     return [cut for slot in slots for cut in (slot.whole, *itertools.chain(*slot.splits))]
@@ -102,13 +107,12 @@ def choose(
     for slot in slots:
         whole = answers[at]
         at += 1
-        best, best_score = None, slot.counts[0] * confidence(whole)
+        best, best_score = None, _odds(slot.counts, 1) * confidence(whole)
         cut_odds = slot.between or (1.0,) * len(slot.splits)
         for split, between in zip(slot.splits, cut_odds, strict=True):
             parts = list(answers[at : at + len(split)])
             at += len(split)
-            odds = slot.counts[min(len(split), len(slot.counts)) - 1] * between
-            score = odds * math.prod(confidence(p) for p in parts)
+            score = _odds(slot.counts, len(split)) * between * math.prod(map(confidence, parts))
             if score > best_score:
                 best, best_score = list(zip(split, parts, strict=True)), score
         chosen += best if best is not None else [(slot.whole, whole)]
@@ -188,7 +192,7 @@ def _within_budget(ways: Ways, counts: NDArray[np.float32]) -> Ways:
         return ways
     ranked = sorted(
         (
-            (-float(odds[min(len(parts), len(odds)) - 1]), i, j)
+            (-_odds(odds, len(parts)), i, j)
             for i, (splits, odds) in enumerate(zip(ways, counts, strict=True))
             for j, (_, parts) in enumerate(splits)
         ),
