@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         message = body.get("message", resp.text[:200])
         print(f"error: {body.get('code', resp.status_code)}: {message}", file=sys.stderr)
         return 1
-    print(format_number(body) if args.number else format_reply(body))
+    try:
+        print(format_number(body) if args.number else format_reply(body), flush=True)
+    except BrokenPipeError:  # `handai read ... | head -1`: the reader has all it wanted
+        # Python would report the closed pipe again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

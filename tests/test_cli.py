@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,22 @@ def test_cli_reports_service_errors(service: Service, tmp_path: Path) -> None:
     )
     assert out.returncode == 1
     assert "invalid_image" in out.stderr
+
+
+def test_cli_output_to_a_reader_gone_is_no_traceback(service: Service) -> None:
+    """`handai read IMAGE | head -1`: once the reader has gone, the rest of the reply is
+    dropped quietly (here it has gone before the reply, so every write meets a closed pipe)."""
+    gone, stdout = os.pipe()
+    os.close(gone)
+    try:
+        read = subprocess.run(
+            [str(BIN / "handai"), "read", str(HWD / "3-001.png"), "--url", service.url],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(stdout)
+    assert read.returncode == 0 and read.stderr == ""
