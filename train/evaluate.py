@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", type=Path, help="a folder for PNGs of misread uploads")
     parser.add_argument("--wild", type=int, default=500, help="rendered uploads per style")
     parser.add_argument(
-        "--numbers", type=int, default=2000, help="rendered numbers per style (~40 ms each)"
+        "--numbers", type=int, default=2000, help="rendered numbers per style (40-75 ms each)"
     )
     parser.add_argument(
         "--backend",
