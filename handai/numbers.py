@@ -190,13 +190,11 @@ def _within_budget(ways: Ways, counts: NDArray[np.float32]) -> Ways:
     room = MAX_CANDIDATES - len(ways)
     if sum(len(parts) for splits in ways for _, parts in splits) <= room:
         return ways
+    # Ties go in the order the splits were offered (their indices sort them).
     ranked = sorted(
-        (
-            (-_odds(odds, len(parts)), i, j)
-            for i, (splits, odds) in enumerate(zip(ways, counts, strict=True))
-            for j, (_, parts) in enumerate(splits)
-        ),
-        key=lambda r: r[0],
+        (-_odds(odds, len(parts)), i, j)
+        for i, (splits, odds) in enumerate(zip(ways, counts, strict=True))
+        for j, (_, parts) in enumerate(splits)
     )
     kept: set[tuple[int, int]] = set()
     for _, i, j in ranked:
