@@ -42,11 +42,13 @@ def _free(port: int) -> bool:
 
 
 def _held(port: int) -> bool:
-    """Whether a socket on the port is still open. A connection the stopped run closed
-    lingers in TIME_WAIT for a minute, owned by no process: the next run binds beside it
-    (servers set SO_REUSEADDR, and Serve moves a replica's port on), so it is not left."""
+    """Whether something still listens on the port: what a next run could not bind past.
+    Any other socket with that local port is not the run's: a connection it closed lingers
+    in TIME_WAIT, owned by no process, and a port in the kernel's ephemeral range (the
+    agent's 52365 moved down lands there) may be the client end of anyone's connection,
+    the session cluster's included (CI stop 27 failed on such a one)."""
     return any(
-        c.laddr and c.laddr.port == port and c.status != psutil.CONN_TIME_WAIT
+        c.laddr and c.laddr.port == port and c.status == psutil.CONN_LISTEN
         for c in psutil.net_connections("tcp")
     )
 
