@@ -368,6 +368,10 @@ class Ingress:
         self.preprocess = preprocess
         self.model = model
         self.settings = load_settings()
+        # The page scales a phone's photo to the upload limits before sending it.
+        self.page_html = PAGE.replace(
+            "{{max_image_side_px}}", str(self.settings.digits.max_image_side_px)
+        ).replace("{{max_image_bytes}}", str(self.settings.digits.max_image_bytes))
         self.metrics = Metrics()
         app.state.settings = self.settings
         app.state.metrics = self.metrics
@@ -397,7 +401,7 @@ class Ingress:
     @app.get("/", include_in_schema=False)
     async def page(self) -> HTMLResponse:
         """The try-it page: draw or photograph a digit, or a number (static, no build)."""
-        return HTMLResponse(PAGE)
+        return HTMLResponse(self.page_html)
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, str]:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
+from PIL import Image, ImageOps
+
+from handai.config import DigitsSettings
 
 LOW_CONFIDENCE_HINT = (
     "I'm not sure about this one. Try a photo of a single digit, dark ink on light paper, "
@@ -41,6 +45,28 @@ def format_number(answer: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def fitted(name: str, data: bytes, max_side: int, max_bytes: int) -> tuple[str, bytes]:
+    """A phone's photo (~12 megapixels, several MB) is over the service's upload limits: it
+    goes scaled down to them as a JPEG, upright (its EXIF rotation applied) and with any
+    transparency on white, as the page sends it. Anything else goes as it is, and the
+    service says what is wrong with it."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if max(img.size) <= max_side and len(data) <= max_bytes:
+                return name, data
+            img.draft("RGB", (max_side, max_side))  # a JPEG decodes at a fraction of its size
+            upright = ImageOps.exif_transpose(img)
+            upright.thumbnail((max_side, max_side))
+            rgba = upright.convert("RGBA")
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return name, data
+    paper = Image.new("RGB", rgba.size, "white")
+    paper.paste(rgba, mask=rgba.getchannel("A"))
+    out = io.BytesIO()
+    paper.save(out, "JPEG", quality=92)
+    return f"{Path(name).stem}.jpg", out.getvalue()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="handai", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,12 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot read {args.image}: {exc.strerror}", file=sys.stderr)
         return 2
+    limits = DigitsSettings()  # the service's limits as shipped
+    name, data = fitted(args.image.name, data, limits.max_image_side_px, limits.max_image_bytes)
     headers = {"X-Api-Key": args.api_key} if args.api_key else {}
     params = {"tta": "true"} if args.tta else {}
     try:
         resp = httpx.post(
             f"{args.url.rstrip('/')}/v1/read" + ("/number" if args.number else ""),
-            files={"file": (args.image.name, data)},
+            files={"file": (name, data)},
             params=params,
             headers=headers,
             timeout=30,

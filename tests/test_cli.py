@@ -1,11 +1,29 @@
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from handai.cli import LOW_CONFIDENCE_HINT, format_reply
+import httpx
+import numpy as np
+from PIL import Image
+
+from handai.cli import LOW_CONFIDENCE_HINT, fitted, format_reply
 from tests.conftest import BIN, Service
-from tests.images import HWD
+from tests.images import HWD, encode, hwd_digit, on_paper
+
+
+def phone_photo(path: Path) -> Path:
+    """What a phone's camera gives: 4032x3024 upright, stored sideways (3024 wide) with the
+    EXIF rotation that turns it back; over the service's limits as shipped."""
+    photo = Image.open(io.BytesIO(on_paper(hwd_digit(HWD / "7-001.png"), side=3024)))
+    wide = Image.new("RGB", (4032, 3024), photo.getpixel((0, 0)))
+    wide.paste(photo, (504, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to show
+    sideways = wide.transpose(Image.Transpose.ROTATE_90)
+    path.write_bytes(encode(sideways, "JPEG", quality=92, exif=exif.tobytes()))
+    return path
 
 
 def answer(confidence: float, uncertain: bool) -> dict[str, object]:
@@ -79,3 +97,34 @@ def test_cli_output_to_a_reader_gone_is_no_traceback(service: Service) -> None:
     finally:
         os.close(stdout)
     assert read.returncode == 0 and read.stderr == ""
+
+
+def test_a_photo_over_the_limits_is_sent_scaled_down_and_upright(tmp_path: Path) -> None:
+    photo = phone_photo(tmp_path / "IMG_0001.jpg")
+    name, data = fitted(photo.name, photo.read_bytes(), 1024, 2 * 1024 * 1024)
+    sent = Image.open(io.BytesIO(data))
+    assert (name, sent.format, sent.size) == ("IMG_0001.jpg", "JPEG", (1024, 768))
+    # Transparency goes on white, not black; an image within the limits goes as it is.
+    clear = Image.new("RGBA", (2000, 100), (0, 0, 0, 0))
+    _, data = fitted("a.png", encode(clear), 1024, 2 * 1024 * 1024)
+    assert np.asarray(Image.open(io.BytesIO(data)).convert("L")).min() > 250
+    small = (HWD / "3-001.png").read_bytes()
+    assert fitted("3.png", small, 1024, 2 * 1024 * 1024) == ("3.png", small)
+    assert fitted("x.png", b"not an image", 1024, 10) == ("x.png", b"not an image")
+
+
+def test_cli_reads_a_phone_photo_the_service_refuses_as_it_is(
+    service: Service, tmp_path: Path
+) -> None:
+    photo = phone_photo(tmp_path / "IMG_0001.jpg")
+    as_is = httpx.post(f"{service.url}/v1/read", files={"file": (photo.name, photo.read_bytes())})
+    assert as_is.status_code == 413 and as_is.json()["code"] == "too_large"
+    read = subprocess.run(
+        [str(BIN / "handai"), "read", str(photo), "--url", service.url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert read.returncode == 0, read.stderr
+    assert read.stdout.startswith("Digit: ")

@@ -3,10 +3,12 @@ through Debian's chromedriver (the Makefile installs both), on a phone-sized win
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -16,7 +18,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 from handai.registry import MANIFEST_FILE, MODEL_FILE
 from tests.browser import headless_chromium
 from tests.conftest import API_KEY, ROOT, Service
-from tests.images import HWD, number_png
+from tests.images import HWD, encode, hwd_digit, number_png, on_paper
 
 SHOTS = ROOT / "artifacts" / "page"
 
@@ -102,6 +104,27 @@ def test_an_uploaded_photo_is_read(browser: WebDriver, service: Service) -> None
     upload(browser, sorted(HWD.glob("3-*.png"))[5])
     assert wait_text(browser, "answer") == "3"
     assert "confidence" in browser.find_element(By.ID, "confidence").text
+
+
+def test_a_phone_camera_photo_is_scaled_to_the_limits_upright_and_read(
+    browser: WebDriver, service: Service, tmp_path: Path
+) -> None:
+    """A phone's camera gives a photo of millions of pixels, stored sideways with an EXIF
+    rotation: the service refuses it as it is (1024 px a side as shipped), so the page sends
+    it scaled down and upright."""
+    photo = Image.open(io.BytesIO(on_paper(hwd_digit(sorted(HWD.glob("7-*.png"))[5]), side=3024)))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to show: stored turned left
+    image = tmp_path / "IMG_0001.jpg"
+    image.write_bytes(
+        encode(photo.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=90, exif=exif.tobytes())
+    )
+    with service.client() as c:
+        as_is = c.post("/v1/read", files={"file": (image.name, image.read_bytes(), "image/jpeg")})
+        assert as_is.status_code == 413 and as_is.json()["code"] == "too_large"
+    browser.get(f"{service.url}/")
+    upload(browser, image)
+    assert wait_text(browser, "answer") == "7"
 
 
 def test_a_whole_number_is_read(browser: WebDriver, service: Service, tmp_path: Path) -> None:
