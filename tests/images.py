@@ -114,3 +114,16 @@ def tight_crop(digit: NDArray[np.uint8], scale: int = 6) -> bytes:
     crop = 255 - digit[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     img = Image.fromarray(crop).resize((crop.shape[1] * scale, crop.shape[0] * scale))
     return encode(img)
+
+
+def phone_photo(path: Path) -> Path:
+    """What a phone's camera gives: 4032x3024 upright, stored sideways (3024 wide) with the
+    EXIF rotation that turns it back; over the service's limits as shipped."""
+    photo = Image.open(io.BytesIO(on_paper(hwd_digit(HWD / "7-001.png"), side=3024)))
+    wide = Image.new("RGB", (4032, 3024), photo.getpixel((0, 0)))
+    wide.paste(photo, (504, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to show
+    sideways = wide.transpose(Image.Transpose.ROTATE_90)
+    path.write_bytes(encode(sideways, "JPEG", quality=92, exif=exif.tobytes()))
+    return path

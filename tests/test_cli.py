@@ -10,20 +10,7 @@ from PIL import Image
 
 from handai.cli import LOW_CONFIDENCE_HINT, fitted, format_reply
 from tests.conftest import BIN, Service
-from tests.images import HWD, encode, hwd_digit, on_paper
-
-
-def phone_photo(path: Path) -> Path:
-    """What a phone's camera gives: 4032x3024 upright, stored sideways (3024 wide) with the
-    EXIF rotation that turns it back; over the service's limits as shipped."""
-    photo = Image.open(io.BytesIO(on_paper(hwd_digit(HWD / "7-001.png"), side=3024)))
-    wide = Image.new("RGB", (4032, 3024), photo.getpixel((0, 0)))
-    wide.paste(photo, (504, 0))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # turn 90 degrees clockwise to show
-    sideways = wide.transpose(Image.Transpose.ROTATE_90)
-    path.write_bytes(encode(sideways, "JPEG", quality=92, exif=exif.tobytes()))
-    return path
+from tests.images import HWD, encode, phone_photo
 
 
 def answer(confidence: float, uncertain: bool) -> dict[str, object]:

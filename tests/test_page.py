@@ -3,12 +3,10 @@ through Debian's chromedriver (the Makefile installs both), on a phone-sized win
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -18,7 +16,7 @@ from selenium.webdriver.support.wait import WebDriverWait
 from handai.registry import MANIFEST_FILE, MODEL_FILE
 from tests.browser import headless_chromium
 from tests.conftest import API_KEY, ROOT, Service
-from tests.images import HWD, encode, hwd_digit, number_png, on_paper
+from tests.images import HWD, number_png, phone_photo
 
 SHOTS = ROOT / "artifacts" / "page"
 
@@ -112,13 +110,7 @@ def test_a_phone_camera_photo_is_scaled_to_the_limits_upright_and_read(
     """A phone's camera gives a photo of millions of pixels, stored sideways with an EXIF
     rotation: the service refuses it as it is (1024 px a side as shipped), so the page sends
     it scaled down and upright."""
-    photo = Image.open(io.BytesIO(on_paper(hwd_digit(sorted(HWD.glob("7-*.png"))[5]), side=3024)))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # turn 90 degrees clockwise to show: stored turned left
-    image = tmp_path / "IMG_0001.jpg"
-    image.write_bytes(
-        encode(photo.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=90, exif=exif.tobytes())
-    )
+    image = phone_photo(tmp_path / "IMG_0001.jpg")
     with service.client() as c:
         as_is = c.post("/v1/read", files={"file": (image.name, image.read_bytes(), "image/jpeg")})
         assert as_is.status_code == 413 and as_is.json()["code"] == "too_large"
