@@ -192,7 +192,8 @@ class Model:
             wanted = [self.tta_default if flags[i] is None else bool(flags[i]) for i, _ in good]
             start = time.perf_counter()
             # Off the event loop, so the next calls queue (and batch) meanwhile.
-            results = await asyncio.to_thread(active.engine.predict, pixels, wanted)
+            priors = [item.prior for _, item in good]
+            results = await asyncio.to_thread(active.engine.predict, pixels, wanted, priors)
             forward_ms = (time.perf_counter() - start) * 1000
             self.infer_hist.observe(forward_ms)
             self.batch_hist.observe(len(good))

@@ -76,10 +76,23 @@ class Engine:
             out[flags] = views.reshape(-1, N_VIEWS, probs.shape[1]).mean(dim=1)
         return out
 
-    def predict(self, pixels: NDArray[np.float32], tta: Sequence[bool]) -> list[Prediction]:
+    def predict(
+        self,
+        pixels: NDArray[np.float32],
+        tta: Sequence[bool],
+        priors: Sequence[Sequence[float] | None] = (),
+    ) -> list[Prediction]:
+        """With `priors` (one per image, or none at all), each image's probabilities are
+        multiplied by its prior, where it has one, and normalized again."""
         if len(tta) != pixels.shape[0]:
             raise ValueError(f"expected one tta flag per image, got {len(tta)} for {len(pixels)}")
+        if priors and len(priors) != pixels.shape[0]:
+            raise ValueError(f"expected one prior per image, got {len(priors)} for {len(pixels)}")
         probs = self.probabilities(torch.from_numpy(pixels).reshape(-1, 1, 28, 28), tta)
+        for i, prior in enumerate(priors):
+            if prior is not None:
+                weighed = probs[i] * torch.tensor(prior, dtype=probs.dtype)
+                probs[i] = weighed / weighed.sum()
         return [self._prediction(row) for row in probs.tolist()]
 
     def _prediction(self, probs: list[float]) -> Prediction:

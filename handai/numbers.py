@@ -6,6 +6,9 @@ column merged (the bar of a 5, a 4 written in two strokes, a broken stroke); lef
 piece that may be touching digits (its shape says so, handai.shapes, or it is much wider than
 the row's typical digit) is also offered split where its vertical ink profile is thinnest, and
 the reading of it (whole or split) is chosen from its shapes and the digit model's confidences.
+The halves of a split in two carry what the piece reads as whole, as a pair (handai.shapes),
+for the model's answer to be weighed by: where touching digits overlap, a straight cut maims
+both halves.
 Each digit then goes through the single read's deskew, 20x20 fit and centring, so the model
 sees what it was trained on.
 """
@@ -128,7 +131,8 @@ def segment(data: bytes, *, max_side: int = 1024, invert: bool | None = None) ->
     """Every digit written in a row, left to right. Raises HandaiError, never anything else."""
     row = find_row(data, max_side=max_side, invert=invert)
     pieces = [row.piece(g) for g in row.groups]
-    counts = shapes.counts([shapes.shape(p, row.height) for p in pieces])
+    outlines = [shapes.shape(p, row.height) for p in pieces]
+    counts = shapes.counts(outlines)
     ways: Ways = []
     for group, piece, odds in zip(row.groups, pieces, counts, strict=True):
         ways.append([])
@@ -145,8 +149,13 @@ def segment(data: bytes, *, max_side: int = 1024, invert: bool | None = None) ->
         for x in bounds[1:-1]
     ]
     between = iter(shapes.between(inner))
+    # A piece offered as two digits is also read as a pair whole; its halves take that along.
+    paired = [any(len(parts) == 2 for _, parts in splits) for splits in ways]
+    pairs = iter(shapes.pairs([o for o, p in zip(outlines, paired, strict=True) if p]))
 
-    def cut(part: NDArray[np.bool_], offset: tuple[int, int]) -> DigitCut:
+    def cut(
+        part: NDArray[np.bool_], offset: tuple[int, int], prior: NDArray[np.float32] | None = None
+    ) -> DigitCut:
         mask = np.zeros_like(row.ink.mask)
         mask[offset[0] : offset[0] + part.shape[0], offset[1] : offset[1] + part.shape[1]] = part
         pixels, angle = digit_pixels(strength_of(row.ink, mask))
@@ -164,16 +173,26 @@ def segment(data: bytes, *, max_side: int = 1024, invert: bool | None = None) ->
             preview=np.round(pixels * 255.0).astype(np.uint8),
             inverted=row.invert,
             deskew_deg=angle,
+            prior=None if prior is None else tuple(float(p) for p in prior),
         )
         return DigitCut(image, box)
 
     slots = []
-    for group, piece, odds, splits in zip(row.groups, pieces, counts, ways, strict=True):
+    for group, piece, odds, splits, two in zip(
+        row.groups, pieces, counts, ways, paired, strict=True
+    ):
         at = (group.y0, group.x0)
+        pair = next(pairs) if two else None
         slots.append(
             Slot(
                 cut(piece, at),
-                tuple(tuple(cut(p, at) for p in parts) for _, parts in splits),
+                tuple(
+                    tuple(
+                        cut(p, at, None if pair is None or len(parts) != 2 else pair[k])
+                        for k, p in enumerate(parts)
+                    )
+                    for _, parts in splits
+                ),
                 tuple(float(p) for p in odds),
                 tuple(
                     math.prod(float(next(between)) for _ in bounds[1:-1]) for bounds, _ in splits

@@ -68,6 +68,9 @@ class Preprocessed:
     preview: NDArray[np.uint8]  # 28x28, what the model sees, 0-255
     inverted: bool  # the upload was light ink on dark and was inverted
     deskew_deg: float  # 0.0 when skipped
+    # What else says which digit this is (a half of touching digits: the pair's shape,
+    # handai.shapes.pairs), multiplied into the model's probabilities; None: nothing else.
+    prior: tuple[float, ...] | None = None
 
 
 # One slot of a batch: the image ready for the model, or why it could not be.

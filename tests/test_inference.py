@@ -151,6 +151,24 @@ def test_torch_only_when_asked() -> None:
 def test_mismatched_flags_are_rejected(engine: Engine) -> None:
     with pytest.raises(ValueError, match="tta flag"):
         engine.predict(np.zeros((2, 1, 28, 28), np.float32), [True])
+    with pytest.raises(ValueError, match="one prior per image"):
+        engine.predict(np.zeros((2, 1, 28, 28), np.float32), [True, False], [None])
+
+
+def test_a_prior_is_multiplied_into_the_probabilities(engine: Engine) -> None:
+    pixels = np.random.default_rng(4).normal(size=(3, 1, 28, 28)).astype(np.float32)
+    plain = engine.predict(pixels, [False, True, False])
+    runner_up = plain[0].top_k[1][0]
+    leaning = tuple(0.9 if d == runner_up else 0.1 / 9 for d in range(10))
+    flat = (0.1,) * 10
+    weighed = engine.predict(pixels, [False, True, False], [leaning, flat, None])
+    expected = np.array(plain[0].probs) * np.array(leaning)
+    np.testing.assert_allclose(weighed[0].probs, expected / expected.sum(), rtol=1e-5)
+    assert weighed[0].digit == int(np.argmax(expected))
+    assert weighed[0].confidence == pytest.approx(max(expected) / expected.sum())
+    # A flat prior, or none, changes nothing.
+    for a, b in zip(weighed[1:], plain[1:], strict=True):
+        np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
 
 
 def test_the_choice_and_the_conversion_are_remembered(

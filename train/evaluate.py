@@ -129,7 +129,8 @@ def read_number(engine: Engine, data: bytes) -> str:
     slots = segment(data)
     cuts = flatten(slots)
     pixels = np.concatenate([c.image.pixels for c in cuts])
-    read = choose(slots, engine.predict(pixels, [False] * len(cuts)), lambda p: p.confidence)
+    answers = engine.predict(pixels, [False] * len(cuts), [c.image.prior for c in cuts])
+    read = choose(slots, answers, lambda p: p.confidence)
     return "".join(str(p.digit) for _, p in read)
 
 
