@@ -38,10 +38,10 @@ TOUCH = 0.4  # neighbours touch this often (0.15 in the test renders): pairs to 
 NEAR = 0.1  # a cut this share of the row's height past where two digits meet is still right
 ONE_DIGIT_CUTS = 0.2  # the share of cuts through single digits kept: plenty, and memory
 BATCH = 128
+NETS = ("count", "cut", "pair")
 # The pair net's rows: (rows at --pair-rows' default, seed, styles, most digits in a row). Two
 # digits always rendered touching give a pair two times in five (ink overlapping is not ink
 # touching); a few rows of three, photographed too, show pairs beside a neighbour.
-NETS = ("count", "cut", "pair")
 PAIR_ROWS = 224_000
 PAIR_RENDERS: tuple[tuple[int, int, tuple[numbers.Style, ...], int], ...] = (
     (90_000, 21, ("clean",), 2),
