@@ -50,6 +50,7 @@ PAIR_RENDERS: tuple[tuple[int, int, tuple[numbers.Style, ...], int], ...] = (
 )
 PAIR_HELD_OUT = (8_000, 23, numbers.STYLES, 3)  # rendered from MNIST's test digits
 SHIFT = 2  # the pair net learns each batch moved by up to this many pixels either way
+PAIR_OUTPUTS = 20  # the pair net's logits: the left digit's 10, then the right's
 
 
 @dataclass
@@ -96,20 +97,21 @@ def net(
 def pair_net() -> nn.Module:
     """Two digits' classes from the middle of one shape (shapes.PAIR_COLUMNS): the left
     digit's 10 logits, then the right's. Wider than the others: 100 pairs, not 3 counts."""
-    return net(1, 20, shapes.PAIR_WIDTH, (32, 64, 96), 128)
+    return net(1, PAIR_OUTPUTS, shapes.PAIR_WIDTH, (32, 64, 96), 128)
 
 
 def digits_of(upload: numbers.NumberUpload, row: Row) -> list[list[int]]:
     """Per group of the row, which of the renderer's digits it holds (their indices): each
     digit belongs to the group nearest its middle among those whose columns hold it (groups
     of digits that overlap without touching share columns)."""
-    held: list[list[int]] = [[] for _ in row.groups]
+    groups = row.groups
+    held: list[list[int]] = [[] for _ in groups]
     for k, (a, b) in enumerate(upload.spans):
         middle = (a + b) / 2 / row.scale
-        inside = [i for i, g in enumerate(row.groups) if g.x0 <= middle < g.x1]
+        inside = [i for i, g in enumerate(groups) if g.x0 <= middle < g.x1]
         if inside:
-            g = row.groups
-            held[min(inside, key=lambda i: abs((g[i].x0 + g[i].x1) / 2 - middle))].append(k)
+            nearest = min(inside, key=lambda i: abs((groups[i].x0 + groups[i].x1) / 2 - middle))
+            held[nearest].append(k)
     return held
 
 
@@ -210,7 +212,7 @@ def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """By what the net answers: 1 logit (a cut), 20 (a pair's two digits) or classes."""
     if logits.shape[1] == 1:
         return nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y.float())
-    if logits.shape[1] == 20:
+    if logits.shape[1] == PAIR_OUTPUTS:
         left, right = logits[:, :10], logits[:, 10:]
         return nn.functional.cross_entropy(left, y // 10) + nn.functional.cross_entropy(
             right, y % 10
@@ -221,7 +223,7 @@ def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def train(examples: Examples, outputs: int, epochs: int, seed: int, shift: int = 0) -> nn.Module:
     x, y = examples.arrays()
     torch.manual_seed(seed)
-    model = pair_net() if outputs == 20 else net(x.shape[1], outputs)
+    model = pair_net() if outputs == PAIR_OUTPUTS else net(x.shape[1], outputs)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
     steps = max(1, len(y) // BATCH)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * steps)
@@ -325,7 +327,7 @@ def main() -> None:
             args.data, "test", [(round(n * scale), seed, styles, most)], args.workers
         )
         print(f"pair: {len(pairs.y)} pairs ({len(held.y)} held out)", flush=True)
-        model = train(pairs, 20, args.pair_epochs, args.seed, shift=SHIFT)
+        model = train(pairs, PAIR_OUTPUTS, args.pair_epochs, args.seed, shift=SHIFT)
         print(f"  pair held-out accuracy {pair_accuracy(model, held):.4f}", flush=True)
         export(model, pairs.x[0], args.out / "pair.onnx")
     written = ", ".join(f"{name}.onnx" for name in args.nets)
