@@ -6,7 +6,10 @@ All run the same ResNet-18, the same preprocessed MNIST batches (no augmentation
 loop is what is measured), the same autocast (bf16 where the CPU does it natively) and the
 same memory layout (train.layout's measured choice), for the same number of batches. The
 plain loop runs twice: before Ray starts, and beside Ray's idle daemons as Ray Train does.
-Samples/s count training steps only (data loading included, validation excluded).
+Samples/s count training steps only (data loading included, validation excluded). On 2 cores
+one run of each swings by +-5 % (Ray's daemons wake when they will), so the plain loop beside
+Ray and the 1-worker Ray Train run alternate for --rounds rounds: each Ray Train run is set
+against the plain run just before it, and the median of those ratios is the figure.
 --full-epoch also times one whole MNIST epoch (55,000 images and validation) through Ray
 Train with the seed model's settings. Starts its own local Ray; asserts nothing.
 """
@@ -17,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -87,6 +91,7 @@ def ray_train(cfg: TrainConfig, workers: int, storage: str) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", type=int, default=30, help="training steps per run")
+    parser.add_argument("--rounds", type=int, default=3, help="plain / Ray Train pairs")
     parser.add_argument("--full-epoch", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("artifacts/bench/training.json"))
     args = parser.parse_args()
@@ -117,11 +122,26 @@ def main() -> None:
     # ~7 % of a core costs a 2-thread loop ~7 % (a preempted thread stalls the other at each
     # parallel region), which is the machine's share, not the Ray Train loop's.
     time.sleep(5)
-    out["plain_ray_up"] = round(plain_loop(base, args.batches, 2, layout), 1)
-    print("plain loop, Ray up:", out["plain_ray_up"], "samples/s", flush=True)
     with tempfile.TemporaryDirectory() as storage:
-        out["ray_train_1w_2threads"] = ray_train(base, 1, storage)
-        print("ray train, 1 worker:", out["ray_train_1w_2threads"], flush=True)
+        plains: list[float] = []
+        ones: list[dict[str, Any]] = []
+        for _ in range(args.rounds):  # alternating: a slow minute slows both sides alike
+            plains.append(round(plain_loop(base, args.batches, 2, layout), 1))
+            ones.append(ray_train(base, 1, storage))
+            print(f"plain loop, Ray up: {plains[-1]}; ray train, 1 worker: {ones[-1]}", flush=True)
+        out["rounds"] = [
+            {"plain_ray_up": plain, "ray_train_1w_2threads": one}
+            for plain, one in zip(plains, ones, strict=True)
+        ]
+        out["plain_ray_up"] = statistics.median(plains)
+        out["ray_train_1w_2threads"] = {
+            key: statistics.median(o[key] for o in ones) for key in ("samples_per_sec", "wall_s")
+        }
+        # Each Ray Train run against the plain loop just before it, the median of those.
+        out["ray_train_ratio"] = round(
+            statistics.median(o["samples_per_sec"] / p for p, o in zip(plains, ones, strict=True)),
+            3,
+        )
         two = base.model_copy(update={"threads_per_worker": 1})
         out["ray_train_2w_1thread"] = ray_train(two, 2, storage)
         print("ray train, 2 workers:", out["ray_train_2w_1thread"], flush=True)
