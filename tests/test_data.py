@@ -1,5 +1,6 @@
 import gzip
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,9 @@ from PIL import Image
 
 from handai.preprocess import normalize, preprocess
 from tests.images import MNIST
+from train import evaluate as train_evaluate
+from train import numbers as train_numbers
+from train import shapes as train_shapes
 from train import wild
 from train.augment import AugmentConfig, build_augment
 from train.data import (
@@ -144,3 +148,37 @@ def test_wild_renders_are_what_the_read_path_makes_of_them_and_are_cached(
     np.testing.assert_array_equal(again.images, rendered.images)
     both = joined(source, rendered)
     assert len(both.labels) == len(source.labels) + len(rendered.labels)
+
+
+@pytest.mark.parametrize(
+    ("tool", "argv"),
+    [
+        (train_numbers.main, ["--out", "OUT"]),
+        (train_shapes.main, ["--out", "OUT"]),
+        (train_evaluate.main, ["--model", "seed/r18-wild-v2c"]),
+    ],
+)
+def test_the_offline_tools_name_a_missing_data_file_without_a_traceback(
+    tool: Callable[[list[str]], object],
+    argv: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A wrong --data is the user's to fix: the usage line and the file missing, exit 2."""
+    argv = [a.replace("OUT", str(tmp_path / "out")) for a in argv]
+    with pytest.raises(SystemExit) as stop:
+        tool([*argv, "--data", str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: missing MNIST file" in err
+    assert str(tmp_path / "mnist") in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # stopped before writing anything
+
+
+def test_evaluate_names_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        train_evaluate.main(["--model", str(tmp_path / "nope"), "--data", "../shared/data"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--model {tmp_path / 'nope'}: no model 'nope' in the registry" in err

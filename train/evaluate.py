@@ -32,7 +32,7 @@ from handai.inference import Engine
 from handai.numbers import choose, flatten, segment
 from handai.preprocess import preprocess
 from train import numbers, wild
-from train.data import read_raw
+from train.data import DataError, read_raw
 from train.temperature import ece
 
 BATCH = 256
@@ -178,11 +178,17 @@ def main(argv: list[str] | None = None) -> int:
         help="what runs the forward pass; auto: the fastest here, as the service picks it",
     )
     args = parser.parse_args(argv)
-    loaded = registry.load(args.model.parent, args.model.name)
+    try:  # the same files train.wild and train.numbers render from below
+        sets = {"mnist_test": mnist_test(args.data), "hwd1000": hwd1000(args.data)}
+    except DataError as e:
+        parser.error(str(e))
+    try:
+        loaded = registry.load(args.model.parent, args.model.name)
+    except HandaiError as e:  # no such model, or a file that does not load
+        parser.error(f"--model {args.model}: {e.message}")
     forward = plan(loaded.module, loaded.sha256, loaded.manifest.arch, args.backend)
     engine = Engine(forward, loaded.manifest.temperature, args.threshold)
     results: dict[str, Any] = {"model_id": loaded.manifest.model_id, "forward": forward.name}
-    sets = {"mnist_test": mnist_test(args.data), "hwd1000": hwd1000(args.data)}
     if args.wild:
         digits, labels = wild.sources(args.data)
         for style in wild.STYLES:

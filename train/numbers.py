@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from train import wild
+from train.data import DataError
 from train.wild import Float
 
 Style = Literal["clean", "photo"]
@@ -119,14 +120,17 @@ def render(
         yield NumberUpload(data, number, style, touching, moved)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m train.numbers", description=__doc__)
     p.add_argument("--data", type=Path, default=Path("../shared/data"))
     p.add_argument("--out", type=Path, default=Path("artifacts/numbers"))
     p.add_argument("--n", type=int, default=50, help="numbers per style")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
-    digits, labels = wild.sources(args.data)
+    args = p.parse_args(argv)
+    try:
+        digits, labels = wild.sources(args.data)
+    except DataError as e:  # a usage error, not a crash: say which file, no traceback
+        p.error(str(e))
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "labels.csv").open("w", newline="") as f:
         writer = csv.writer(f)

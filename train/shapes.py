@@ -32,7 +32,7 @@ from handai import shapes
 from handai.errors import HandaiError
 from handai.numbers import Row, candidate_splits, find_row
 from train import numbers
-from train.data import read_raw
+from train.data import DataError, read_raw
 
 TOUCH = 0.4  # neighbours touch this often (0.15 in the test renders): pairs to learn from
 NEAR = 0.1  # a cut this share of the row's height past where two digits meet is still right
@@ -283,7 +283,7 @@ def export(model: nn.Module, example: NDArray[np.float16], path: Path) -> None:
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m train.shapes", description=__doc__)
     p.add_argument("--data", type=Path, default=Path("../shared/data"))
     p.add_argument("--out", type=Path, default=shapes.COUNT_MODEL.parent, help="a folder")
@@ -294,7 +294,12 @@ def main() -> None:
     p.add_argument("--pair-epochs", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    try:  # the rows are rendered from MNIST: a missing file is a usage error, not a crash
+        read_raw(args.data / "mnist", "train")
+        read_raw(args.data / "mnist", "test")
+    except DataError as e:
+        p.error(str(e))
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     if {"count", "cut"} & set(args.nets):
