@@ -306,6 +306,20 @@ def serving_checks(s: dict[str, Any]) -> list[Check]:
     return checks
 
 
+def rounds_note(t: dict[str, Any]) -> str:
+    """How the plain loop beside Ray and 1-worker Ray Train were paired, each round's figures."""
+    if "rounds" not in t:  # results from before the rounds: one run each
+        return ""
+    runs = ", ".join(
+        f"{r['plain_ray_up']:.1f} / {r['ray_train_1w_2threads']['samples_per_sec']:.1f}"
+        for r in t["rounds"]
+    )
+    return (
+        f"; the plain loop beside Ray and Ray Train with 1 worker: the median of "
+        f"{len(t['rounds'])} alternating runs each ({runs})"
+    )
+
+
 def training_checks(t: dict[str, Any]) -> list[Check]:
     # The loop against the loop: both beside Ray's idle daemons (the plain loop without Ray
     # is in the table too; the daemons' share of 2 cores is the machine's, not the loop's).
@@ -465,18 +479,7 @@ def main() -> None:
             f"ResNet-18, batch {t['batch_size']}, bf16 autocast, "
             f"{t.get('layout', 'contiguous')} layout, no augmentation, {t['batches']} steps "
             "per run on the same preprocessed MNIST; samples/s over the "
-            "training steps (validation and start-up excluded)"
-            + (
-                f"; the plain loop beside Ray and Ray Train with 1 worker: the median of "
-                f"{len(t['rounds'])} alternating runs each ("
-                + ", ".join(
-                    f"{r['plain_ray_up']:.1f} / {r['ray_train_1w_2threads']['samples_per_sec']:.1f}"
-                    for r in t["rounds"]
-                )
-                + ")."
-                if "rounds" in t
-                else "."
-            ),
+            f"training steps (validation and start-up excluded){rounds_note(t)}.",
             "",
             "| loop | samples/s | wall s (with Ray start-up and validation) |",
             "|---|---:|---:|",
