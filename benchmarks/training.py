@@ -137,11 +137,6 @@ def main() -> None:
         out["ray_train_1w_2threads"] = {
             key: statistics.median(o[key] for o in ones) for key in ("samples_per_sec", "wall_s")
         }
-        # Each Ray Train run against the plain loop just before it, the median of those.
-        out["ray_train_ratio"] = round(
-            statistics.median(o["samples_per_sec"] / p for p, o in zip(plains, ones, strict=True)),
-            3,
-        )
         two = base.model_copy(update={"threads_per_worker": 1})
         out["ray_train_2w_1thread"] = ray_train(two, 2, storage)
         print("ray train, 2 workers:", out["ray_train_2w_1thread"], flush=True)
