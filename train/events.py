@@ -50,6 +50,11 @@ class Events:
 
     def publish(self, kind: str, **fields: Any) -> dict[str, Any]:
         event = {"type": event_type(kind), **self.base, "ts": time.time(), **fields}
+        if kind in TERMINAL and self.terminal_file is not None and self.terminal_file.exists():
+            # A job ends once for the bot: the API may have said "stopped" for a job Ray
+            # stopped before it could say so itself.
+            log.warning("%s not published: this job's end was already announced", event["type"])
+            return event
         if self.client is not None:
             try:
                 self.client.publish(CHANNEL, json.dumps(event))

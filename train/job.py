@@ -31,6 +31,7 @@ from handai.storage import Place, local_or, location
 from train.calibrate import LoaderSettings, loader_settings
 from train.data import TEST_SIZE, load_split, load_wild, train_val
 from train.events import Events
+from train.orphan import stop_when_orphaned
 from train.refit import fit_on_validation, test_figures
 from train.request import JobRequest
 from train.trainer import (
@@ -280,6 +281,9 @@ def widest_share(free: list[float], workers: int) -> float:
 
 
 def _stop(signum: int, _frame: object) -> None:
+    # Once: Ray signals the shell and the driver, and train.orphan may signal again when the
+    # shell goes; a second JobStopped inside the first one's handling would cut its event.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise JobStopped(f"the job was stopped (signal {signum})")
 
 
@@ -351,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     # machine took longer. Train propagates this from the driver to its controller.
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     signal.signal(signal.SIGTERM, _stop)
+    stop_when_orphaned()
     ray.init(namespace="handai", ignore_reinit_error=True)
     summary = {"model_id": job.model_id, **run(job, args)}
     if args.result_file:
