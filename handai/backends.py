@@ -1,10 +1,11 @@
 """Forward passes: the same model run by plain torch or by OpenVINO, picked by measurement.
 
 Each candidate (torch fp32, torch bf16 autocast, OpenVINO f32, OpenVINO bf16 where the CPU has
-BF16) is timed per batch size on this machine, and each batch runs on the fastest measured at
-the nearest size below it. The choice is remembered per machine, and the OpenVINO conversion
-per model (keyed by its weights' sha256), so a restarted replica starts in about a second.
-Plain torch is the fallback where OpenVINO is missing or refuses the model, and on GPUs.
+BF16, OpenVINO int8 where the model's int8 copy passed its check) is timed per batch size on
+this machine, and each batch runs on the fastest measured at the nearest size below it. The
+choice is remembered per machine, and the OpenVINO conversion per model (keyed by its weights'
+sha256), so a restarted replica starts in about a second. Plain torch is the fallback where
+OpenVINO is missing or refuses the model, and on GPUs.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import nn
 
-from handai import openvino_ir
+from handai import int8, openvino_ir
 from handai.config import Backend
 
 if TYPE_CHECKING:
@@ -127,13 +128,14 @@ def _openvino() -> Any:
 
 
 def openvino_forwards(module: nn.Module, sha256: str, threads: int) -> dict[str, Forward]:
-    """OpenVINO f32 (and bf16 where the CPU has it) for this model; {} where it can't."""
+    """OpenVINO f32, bf16 where the CPU has it, and int8 where the model's int8 copy passed its
+    check (handai.int8) for this model; {} where OpenVINO can't run it."""
     ov = _openvino()
     if ov is None:
         return {}
     try:
         core = ov.Core()
-        model = _converted(ov, core, module, sha256)
+        models = _converted(ov, core, module, sha256)
         config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
@@ -143,20 +145,25 @@ def openvino_forwards(module: nn.Module, sha256: str, threads: int) -> dict[str,
         found: dict[str, Forward] = {}
         for precision in precisions:
             compiled = core.compile_model(
-                model, "CPU", {**config, "INFERENCE_PRECISION_HINT": precision}
+                models["f32"], "CPU", {**config, "INFERENCE_PRECISION_HINT": precision}
             )
             forward = OpenVINOForward(compiled, precision)
             found[forward.name] = forward
+        if "int8" in models:
+            compiled = core.compile_model(models["int8"], "CPU", {**config, **int8.COMPILE})
+            found["openvino-int8"] = OpenVINOForward(compiled, "int8")
         return found
     except Exception as exc:  # an unsupported op or CPU: torch still serves
         log.warning("OpenVINO unavailable for this model, serving with torch: %s", exc)
         return {}
 
 
-def _converted(ov: Any, core: Any, module: nn.Module, sha256: str) -> Any:
-    """The model in OpenVINO's IR, converted once per weights (in a process of its own, so a
-    serving replica keeps answering meanwhile) and kept in the cache."""
-    folder = CACHE / "openvino" / f"{sha256[:32]}-{ov.__version__.split('-')[0]}"
+def _converted(ov: Any, core: Any, module: nn.Module, sha256: str) -> dict[str, Any]:
+    """The model in OpenVINO's IR ("f32"), and its int8 copy where it has one ("int8"),
+    converted once per weights (in a process of its own, so a serving replica keeps answering
+    meanwhile) and kept in the cache."""
+    # "-q": folders from before int8 copies were made are converted again, once.
+    folder = CACHE / "openvino" / f"{sha256[:32]}-{ov.__version__.split('-')[0]}-q"
     for _ in range(2):
         with one_at_a_time(folder.with_name(f"{folder.name}.lock")):
             if not (folder / openvino_ir.XML).is_file():
@@ -164,13 +171,16 @@ def _converted(ov: Any, core: Any, module: nn.Module, sha256: str) -> Any:
                     openvino_ir.convert_apart(module, folder)
                 except (OSError, RuntimeError) as exc:  # a read-only /tmp, say: convert here
                     log.warning("converting in a process of its own failed (%s)", exc)
-                    return openvino_ir.convert(module)
+                    return {"f32": openvino_ir.convert(module)}
         try:
-            return core.read_model(folder / openvino_ir.XML)
+            models = {"f32": core.read_model(folder / openvino_ir.XML)}
+            if (folder / openvino_ir.INT8_XML).is_file():
+                models["int8"] = core.read_model(folder / openvino_ir.INT8_XML)
+            return models
         except Exception:  # a torn or stale file: convert again
             log.warning("converted model in %s unreadable; converting again", folder)
             shutil.rmtree(folder, ignore_errors=True)
-    return openvino_ir.convert(module)
+    return {"f32": openvino_ir.convert(module)}
 
 
 @contextlib.contextmanager

@@ -3,7 +3,8 @@
 torch.export and OpenVINO's converter hold the GIL for seconds at a time. Run inside a serving
 replica during a model swap they starved its reads (on a slow CPU, 503s and a swap past the
 HTTP timeout); a child process at nice 10 converts while the replica keeps answering, then the
-replica reads the result from the cache folder.
+replica reads the result from the cache folder. The same process quantizes it to int8
+(handai.int8) where the int8 copy reads as the float model does.
 
     python -m handai.openvino_ir WEIGHTS.pt FOLDER   # what convert_apart runs
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -22,9 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from handai import int8
 from handai.model import build_model
 
 XML = "model.xml"
+INT8_XML = "int8.xml"  # absent where NNCF is missing or the int8 copy failed its check
+INT8_RECORD = "int8.json"  # why: handai.int8's check of it
 CONVERT_TIMEOUT_S = 900.0
 
 
@@ -42,14 +48,18 @@ def convert(module: nn.Module) -> Any:
     return model
 
 
-def save(model: Any, folder: Path) -> None:
-    """Written beside the folder and renamed into place: readers never see half a model."""
+def save(models: dict[str, Any], folder: Path, records: dict[str, Any] | None = None) -> None:
+    """Each model (and JSON record) under its file name, written beside the folder and renamed
+    into place: readers never see half a folder."""
     import openvino as ov
 
     tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        ov.save_model(model, tmp / XML, compress_to_fp16=False)
+        for name, model in models.items():
+            ov.save_model(model, tmp / name, compress_to_fp16=False)
+        for name, record in (records or {}).items():
+            (tmp / name).write_text(json.dumps(record, indent=2))
         with contextlib.suppress(OSError):  # another replica got there first
             tmp.rename(folder)
     finally:
@@ -84,11 +94,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("weights", type=Path, help="a state dict written by convert_apart")
     parser.add_argument("folder", type=Path, help="where model.xml and model.bin go")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # to the parent's log on failure
     os.nice(10)  # the serving process that waits on this keeps the CPU first
     state = torch.load(args.weights, map_location="cpu", weights_only=True)
     module = build_model(int(state["fc.weight"].shape[0]))
     module.load_state_dict(state, strict=True)
-    save(convert(module), args.folder)
+    model = convert(module)
+    int8_model, record = int8.quantized_or_none(model)
+    models = {XML: model} | ({INT8_XML: int8_model} if int8_model is not None else {})
+    save(models, args.folder, {INT8_RECORD: record})
 
 
 if __name__ == "__main__":
