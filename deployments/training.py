@@ -64,12 +64,11 @@ def _write_request(folder: Place, job: JobRequest) -> None:
 
 def _say_stopped(job_id: str, folder: Place) -> None:
     """A job stopped before its entrypoint could say so itself (still pending, or importing)
-    would leave the bot waiting forever: once it has ended, publish its terminal event."""
+    would leave the bot waiting forever: once it has ended, publish its terminal event (which
+    Events leaves unsaid where the job said its own)."""
     deadline = time.monotonic() + STOP_WAIT_S
     while time.monotonic() < deadline and _info(job_id).status not in FINAL:
         time.sleep(0.5)
-    if (folder / "terminal.json").exists():
-        return
     try:
         job = JobRequest.model_validate_json((folder / "request.json").read_text())
     except (OSError, ValidationError):

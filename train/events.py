@@ -53,7 +53,7 @@ class Events:
         if kind in TERMINAL and self.terminal_file is not None and self.terminal_file.exists():
             # A job ends once for the bot: the API may have said "stopped" for a job Ray
             # stopped before it could say so itself.
-            log.warning("%s not published: this job's end was already announced", event["type"])
+            log.info("%s not published: this job's end was already announced", event["type"])
             return event
         if self.client is not None:
             try:

@@ -24,14 +24,14 @@ PERIOD_S = 1.0
 log = logging.getLogger(__name__)
 
 
-def stop_when_orphaned(period_s: float = PERIOD_S) -> bool:
-    """Watch the parent of a driver Ray's supervisor started; False (no watch) otherwise."""
+def stop_when_orphaned(period_s: float = PERIOD_S) -> None:
+    """Watch the parent of a driver Ray's supervisor started; nothing for one run by hand."""
     if RAY_JOB_ENV not in os.environ:
-        return False  # run by hand: a terminal closing is the shell's business, not ours
+        return  # run by hand: a terminal closing is the shell's business, not ours
     parent = os.getppid()
     if parent == 1:  # the shell was killed before this process even started
         _stop(parent)
-        return True
+        return
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -39,7 +39,6 @@ def stop_when_orphaned(period_s: float = PERIOD_S) -> bool:
         _stop(parent)
 
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
-    return True
 
 
 def _stop(parent: int) -> None:
