@@ -107,15 +107,26 @@ class Planned:
         return self.pick(batch.shape[0])(batch)
 
 
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo), what decides which kernels are fast."""
-    try:
+def _cpuinfo(field: str) -> str:
+    """The first value of `field` in /proc/cpuinfo; "" where there is none."""
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+            name, _, value = line.partition(":")
+            if name.strip() == field:
+                return value.strip()
+    return ""
+
+
+def cpu_name() -> str:
+    """The CPU's model name, for people: reports and benchmarks."""
+    return _cpuinfo("model name") or platform.processor() or "unknown CPU"
+
+
+def cpu_key() -> str:
+    """The CPU's name and a digest of its feature flags, for caches of what was measured fast:
+    virtual machines name different CPUs alike ("AMD EPYC" with and without AVX-512 BF16),
+    and the flags decide the kernels."""
+    return f"{cpu_name()} {hashlib.sha256(_cpuinfo('flags').encode()).hexdigest()[:8]}"
 
 
 def _openvino() -> Any:
@@ -258,7 +269,7 @@ def plan(
     key = "|".join(
         str(part)
         for part in (
-            cpu_name(),
+            cpu_key(),
             torch.__version__,
             ov.__version__ if ov is not None else "no-openvino",
             torch.get_num_threads(),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import ray
 
+from deployments.cluster import RAY_ENV
 from tests.conftest import Service
 from tests.images import MNIST
 from train.calibrate import LoaderSettings, candidates, loader_settings, machine_signature, search
@@ -24,15 +26,22 @@ def test_memory_guard_stops_before_the_bound() -> None:
 
 
 def test_search_measures_and_caches(
-    service: Service, tmp_path_factory: pytest.TempPathFactory
+    service: Service, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    del service  # the search runs its trials on the shared cluster
+    """On the shared cluster, as `train.job --calibrate` runs it (Tune started a Ray of its
+    own in this process when nothing was connected, and left it running)."""
+    for name, value in RAY_ENV.items():
+        monkeypatch.setenv(name, value)
     cache = tmp_path_factory.mktemp("calibration")
     grid = [
         {"num_workers": 1, "threads_per_worker": 1, "loader_workers": 0, "batch_size": 64},
         {"num_workers": 1, "threads_per_worker": 2, "loader_workers": 1, "batch_size": 64},
     ]
-    best = search(MNIST, cache, memory_bound_mb=16384, grid=grid)
+    ray.init(address=f"127.0.0.1:{service.cluster.ports.gcs}")
+    try:
+        best = search(MNIST, cache, memory_bound_mb=16384, grid=grid, batches=5)
+    finally:
+        ray.shutdown()
     assert best.samples_per_sec > 0
     assert best.model_dump(exclude={"samples_per_sec", "machine"}) in grid
     assert best.machine == machine_signature()

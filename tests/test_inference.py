@@ -88,10 +88,16 @@ def test_each_batch_runs_on_the_forward_chosen_for_its_size() -> None:
     assert "torch-bf16" in planned.name
 
 
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MODEL's weights are new each run: its conversion is kept for this module's tests."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
 def test_openvino_gives_the_logits_of_torch(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    model_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(backends, "CACHE", tmp_path)  # MODEL's weights are new each run
+    monkeypatch.setattr(backends, "CACHE", model_cache)
     forwards = candidates(MODEL, "0" * 64, "openvino", threads=2)
     assert "openvino-f32" in forwards
     batch = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(4))
@@ -127,10 +133,10 @@ def test_the_conversion_runs_in_a_process_of_its_own(
 
 
 def test_openvino_answers_threads_calling_at_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    model_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server's thread pool calls one forward from several threads (benchmarks/baseline)."""
-    monkeypatch.setattr(backends, "CACHE", tmp_path)
+    monkeypatch.setattr(backends, "CACHE", model_cache)
     forward = candidates(MODEL, "0" * 64, "openvino", threads=1)["openvino-f32"]
     batches = [
         torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(i)) for i in range(8)

@@ -5,7 +5,8 @@ command line takes."""
 import pytest
 from pydantic import ValidationError
 
-from train.job import MIN_CPU_SHARE, parse_args, widest_share, workers_that_fit
+from train.job import parse_args
+from train.placement import MIN_CPU_SHARE, widest_share, workers_that_fit
 from train.request import JobRequest
 
 

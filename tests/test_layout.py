@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import socket
+from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.distributed as dist
 
@@ -58,3 +60,22 @@ def test_ddp_workers_all_take_the_first_workers_layout() -> None:
                 worker.join(timeout=120)
             assert [w.exitcode for w in workers] == [0, 0]
             assert dict(chosen) == {0: favoured[0], 1: favoured[0]}
+
+
+def test_the_choice_is_timed_once_per_machine_and_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timed: list[torch.memory_format] = []
+
+    def step_seconds(fmt: torch.memory_format, *_: object) -> float:
+        timed.append(fmt)
+        return 1.0 if fmt == torch.channels_last else 2.0
+
+    monkeypatch.setattr(layout, "_step_seconds", step_seconds)
+    cpu = torch.device("cpu")
+    assert fastest_layout(cpu, False, 16, tmp_path) == "channels_last" and len(timed) == 2
+    (kept,) = tmp_path.glob("layout-*.json")
+    assert fastest_layout(cpu, False, 16, tmp_path) == "channels_last" and len(timed) == 2
+    assert fastest_layout(cpu, True, 16, tmp_path) == "channels_last" and len(timed) == 4
+    kept.write_text("{not json")  # damaged: timed again
+    assert fastest_layout(cpu, False, 16, tmp_path) == "channels_last" and len(timed) == 6

@@ -38,14 +38,14 @@ def test_a_refit_is_a_new_model_with_the_same_weights(tmp_path: Path) -> None:
     folder = SEED / old.manifest.model_id
     before = (folder / "manifest.json").read_text()
     args = f"--model-id refit-test --wild-renders 0 --data-root {MNIST} --model {folder}"
-    code = refit.main([*args.split(), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path)])
-    assert code == 0
+    out = ["--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path), "--train-limit", "2000"]
+    assert refit.main([*args.split(), *out]) == 0
     new = registry.load(tmp_path / "out", "refit-test")
     assert new.sha256 == old.sha256  # the same weights ...
     written = json.loads((tmp_path / "out" / "refit-test" / "manifest.json").read_text())
     assert written["refit_from"] == old.manifest.model_id  # ... under a new id
-    assert written["temperature_fitted_on"] == {"validation_digits": 5000, "rendered_uploads": 0}
-    assert (
-        0 < written["ece"] < 0.05 and written["test_acc"] == old.manifest.model_dump()["test_acc"]
-    )
+    # A quick refit (as a quick job): the validation fifth of 2,000 digits, 2,000 test digits.
+    assert written["temperature_fitted_on"] == {"validation_digits": 400, "rendered_uploads": 0}
+    assert written["test_images"] == 2000 and written["test_acc"] > 0.98
+    assert 0 < written["ece"] < 0.05
     assert (folder / "manifest.json").read_text() == before  # the old folder left as it is

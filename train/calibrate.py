@@ -1,8 +1,10 @@
 """Dataloader calibration: a Ray Tune search over loader settings, scored by measured samples/s.
 
 Each trial is a short real TorchTrainer run (Ray 2.60's Train V2 runs inside a Tune function
-trainable, not as one). Trials run one at a time so they don't compete for the cores. The
-winner is cached per machine signature; `python -m train.job --calibrate` searches afresh.
+trainable, not as one). Trials run one at a time so they don't compete for the cores, each
+worker asking for the CPU share that fits beside Serve (train.placement: a whole CPU per
+worker never scheduled on the cluster `make serve` starts). The winner is cached per
+machine signature; `python -m train.job --calibrate` searches afresh.
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import tune
 from ray.train.torch import TorchTrainer
 
+from train.placement import MIN_CPU_SHARE, NoRoomError, free_cpus_by_node, widest_share
 from train.trainer import TrainConfig, train_loop
 
 log = logging.getLogger(__name__)
 TRIAL_BATCHES = 30
+TRIAL_CPU = 0.01  # what the Tune trial driving the workers holds: Tune refuses zero
 
 
 class LoaderSettings(BaseModel):
@@ -89,7 +93,8 @@ def _trial(config: dict[str, Any]) -> None:
         train_loop,
         train_loop_config=cfg.model_dump(mode="json"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=choice["num_workers"], resources_per_worker={"CPU": 1}
+            num_workers=choice["num_workers"],
+            resources_per_worker={"CPU": config["shares"][str(choice["num_workers"])]},
         ),
         run_config=ray.train.RunConfig(
             name=f"calibrate-{tune.get_context().get_trial_id()}",
@@ -110,26 +115,39 @@ def search(
     cache_dir: Path,
     memory_bound_mb: int,
     grid: list[dict[str, int]] | None = None,
+    batches: int = TRIAL_BATCHES,
 ) -> LoaderSettings:
     base = TrainConfig(
         model_id="calibration",
         run_id="calibration",
         epochs=1,
-        max_batches=TRIAL_BATCHES,
+        max_batches=batches,
+        measure_only=True,
         data_root=data_root,
         cache_dir=cache_dir,
         train_limit=10000,
         memory_limit_mb=memory_bound_mb,
     )
+    storage = str((cache_dir / "calibration-runs").resolve())
+    free = [max(f - TRIAL_CPU, 0.0) for f in free_cpus_by_node()]
+    choices = grid or candidates(os.cpu_count() or 1)
+    shares = {str(n): widest_share(free, n) for n in {c["num_workers"] for c in choices}}
+    fitting = [c for c in choices if shares[str(c["num_workers"])] >= MIN_CPU_SHARE]
+    if not fitting:
+        raise NoRoomError(
+            f"no room to calibrate: free CPUs per node {', '.join(f'{f:.2f}' for f in free)}"
+        )
     tuner = tune.Tuner(
-        # The trial only drives its Train workers: a token share, as Tune refuses zero.
-        tune.with_resources(_trial, {"CPU": 0.01}),
+        # The trial only drives its Train workers: a token share.
+        tune.with_resources(_trial, {"CPU": TRIAL_CPU}),
         param_space={
             "base": base.model_dump(mode="json"),
-            "storage": str((cache_dir / "calibration-runs").resolve()),
-            "choice": tune.grid_search(grid or candidates(os.cpu_count() or 1)),
+            "storage": storage,
+            "shares": shares,
+            "choice": tune.grid_search(fitting),
         },
         tune_config=tune.TuneConfig(max_concurrent_trials=1),
+        run_config=tune.RunConfig(name="calibration", storage_path=storage),  # not ~/ray_results
     )
     results = tuner.fit()
     best: LoaderSettings | None = None

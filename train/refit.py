@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from handai import registry
-from train.data import Split, joined, load_split, load_wild, train_val
+from train.data import TEST_SIZE, Split, joined, load_split, load_wild, train_val
 from train.temperature import ece, fit_temperature
 from train.trainer import logits_of
 
@@ -96,16 +96,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=Path("../shared/data/mnist"))
     parser.add_argument("--cache-dir", type=Path, default=Path("artifacts/cache"))
     parser.add_argument("--wild-renders", type=int, default=VAL_RENDERS)
+    parser.add_argument(
+        "--train-limit",
+        type=int,
+        help="a quick refit, as `train.job --train-limit` is: the validation split of the first "
+        "N training digits, scored on the first N test digits",
+    )
     args = parser.parse_args(argv)
+    if args.train_limit is not None and args.train_limit < 100:
+        parser.error("--train-limit: at least 100 digits")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     loaded = registry.load(args.model.parent, args.model.name)
     old = loaded.manifest.model_dump()
-    full = load_split(args.data_root, "train", args.cache_dir)
+    full = load_split(args.data_root, "train", args.cache_dir, args.train_limit)
     seed = int(old.get("seed", 0))  # the validation split the model was trained beside
     fit = fit_on_validation(loaded.module, full, seed, args.cache_dir, args.wild_renders)
     kept = {k: v for k, v in old.items() if k not in NEW_FIELDS}
-    _, test_ece = test_figures(loaded.module, fit.temperature, args.data_root, args.cache_dir)
+    test_images = min(args.train_limit or TEST_SIZE, TEST_SIZE)
+    test_acc, test_ece = test_figures(
+        loaded.module, fit.temperature, args.data_root, args.cache_dir, test_images
+    )
     kept.update(
+        test_acc=test_acc,
+        test_images=test_images,
         ece=test_ece,
         refit_from=loaded.manifest.model_id,
         ece_val_before=fit.ece_before,
