@@ -50,3 +50,11 @@ def test_wild_renders_come_from_the_command_line_or_the_job_body() -> None:
     assert parse_args(["--model-id", "m1"])[0].wild_renders == 0  # off unless asked for
     with pytest.raises(ValidationError):
         JobRequest.model_validate({"model_id": "m1", "wild_renders": -1})
+
+
+def test_promote_comes_from_the_command_line_or_the_job_body() -> None:
+    """The CLI's --promote and the bot's `promote: true` ask for the same (the promotion
+    itself runs end to end in tests/test_training.py, asked for over HTTP)."""
+    assert parse_args(["--model-id", "m1", "--promote"])[0].promote is True
+    assert parse_args(["--job-json", '{"model_id": "m1", "promote": true}'])[0].promote is True
+    assert not parse_args(["--model-id", "m1"])[0].promote
