@@ -22,6 +22,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from handai.backends import cpu_key
 from handai.model import build_model
+from handai.storage import write_whole
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 PROBE_BATCH = 64  # enough images for the kernels a full batch gets; a probe stays ~1 s a layout
@@ -68,9 +69,7 @@ def _remembered(path: Path | None) -> str | None:
 def _remember(path: Path, name: str) -> None:
     with contextlib.suppress(OSError):  # a cache only: the next run times again
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{time.monotonic_ns()}.tmp")
-        tmp.write_text(json.dumps({"layout": name}))
-        tmp.replace(path)
+        write_whole(path, json.dumps({"layout": name}).encode())
 
 
 def fastest_layout(
@@ -83,16 +82,19 @@ def fastest_layout(
     batch = min(batch_size, PROBE_BATCH)
     distributed = dist.is_available() and dist.is_initialized()
     first = not distributed or dist.get_rank() == 0
-    path = None if cache_dir is None else _cache_file(cache_dir, device, bf16, batch)
-    choice = [_remembered(path)]
-    if first and choice[0] is None:
-        # On forked random state: a run's shuffles and augmentations stay what its seed makes.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            times = {name: _step_seconds(fmt, device, bf16, batch) for name, fmt in LAYOUTS.items()}
-        fastest = min(times, key=times.__getitem__)
-        if path is not None:
-            _remember(path, fastest)
-        choice = [fastest]
+    choice: list[str | None] = [None]  # the other workers receive the first one's
+    if first:
+        path = None if cache_dir is None else _cache_file(cache_dir, device, bf16, batch)
+        choice = [_remembered(path)]
+        if choice[0] is None:
+            # On forked random state: a run's shuffles and augmentations stay what its seed
+            # makes them.
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                times = {n: _step_seconds(fmt, device, bf16, batch) for n, fmt in LAYOUTS.items()}
+            fastest = min(times, key=times.__getitem__)
+            if path is not None:
+                _remember(path, fastest)
+            choice = [fastest]
     if distributed:
         dist.broadcast_object_list(choice, src=0)
     return str(choice[0])

@@ -61,8 +61,8 @@ class TrainConfig(BaseModel):
     train_limit: Annotated[int, Field(ge=100)] | None = None
     wild_renders: Annotated[int, Field(ge=0)] = 0  # per style (train.data.load_wild)
     max_batches: Annotated[int, Field(ge=1)] | None = None  # per epoch; calibration runs
-    # Calibration trials: samples/s and memory only, no validation and no checkpoint (scoring
-    # the validation digits took longer than the trial's 30 batches on an AVX2-only CPU).
+    # Calibration trials: samples/s and memory only, no validation (scoring the validation
+    # digits took longer than the trial's 30 batches on an AVX2-only CPU) and no weights saved.
     measure_only: bool = False
     threads_per_worker: Annotated[int, Field(ge=1, le=256)] = 1
     loader_workers: Annotated[int, Field(ge=0, le=32)] = 0
