@@ -7,6 +7,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from handai import registry
 from handai.backends import TorchForward
@@ -25,6 +26,25 @@ def test_sources_are_mnist_test_and_hwd1000(sources: tuple[np.ndarray, np.ndarra
     digits, labels = sources
     assert digits.shape == (11000, 28, 28) and len(labels) == 11000
     assert digits[:, 0, 0].mean() < 10  # light ink on dark, like MNIST, for both sets
+
+
+def test_a_faint_source_digit_is_written_in_solid_strokes(
+    sources: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """hwd1000 has digits whose darkest pixel is 150 of 255: the pen writes them as solid as
+    black ones, not as the dots and dashes that thresholding their grey left (a 4 read as
+    a speck, dropped from its number)."""
+    digits, labels = sources
+    faint = int(np.argmin(digits[10000:].reshape(1000, -1).max(axis=1))) + 10000
+    assert digits[faint].max() < 160
+    black = (digits[faint] * (255.0 / digits[faint].max())).round().astype(np.uint8)
+    written, as_black = (
+        wild.pen_ink(d, 112, np.random.default_rng(0), 1.0) for d in (digits[faint], black)
+    )
+    assert np.abs(written - as_black).mean() < 0.01
+    # One stroke, or two for a 4 written in two: not a trail of pieces.
+    pieces = ndimage.label(written > 0.5, structure=np.ones((3, 3)))[1]
+    assert pieces <= 2, (labels[faint], pieces)
 
 
 def test_the_same_seed_renders_the_same_files(sources: tuple[np.ndarray, np.ndarray]) -> None:

@@ -48,7 +48,9 @@ def pen_ink(digit: NDArray[np.uint8], side: int, rng: np.random.Generator, width
     MNIST's grey, blurred strokes are upscaled, then made solid with anti-aliased edges;
     `width` (about 0.5 thin pen .. 2.5 marker) thins or thickens them first.
     """
-    small = (digit / 255.0).astype(np.float32)
+    # Against the digit's own darkest ink, not black: a faint source (hwd1000 has digits
+    # whose darkest pixel is 150) was otherwise cut to dots and dashes no pen leaves.
+    small = (digit / max(float(digit.max()), 1.0)).astype(np.float32)
     up = np.asarray(cv2.resize(small, (side, side), interpolation=cv2.INTER_CUBIC), np.float32)
     radius = round(abs(width - 1.0) * side / 56)
     if radius:
