@@ -5,7 +5,8 @@ command line takes."""
 import pytest
 from pydantic import ValidationError
 
-from train.job import parse_args
+from train.calibrate import LoaderSettings
+from train.job import parse_args, worker_threads
 from train.placement import MIN_CPU_SHARE, widest_share, workers_that_fit
 from train.request import JobRequest
 
@@ -58,3 +59,17 @@ def test_promote_comes_from_the_command_line_or_the_job_body() -> None:
     assert parse_args(["--model-id", "m1", "--promote"])[0].promote is True
     assert parse_args(["--job-json", '{"model_id": "m1", "promote": true}'])[0].promote is True
     assert not parse_args(["--model-id", "m1"])[0].promote
+
+
+def test_worker_threads_follow_the_calibration_for_the_split_it_measured() -> None:
+    """A calibrated 1 x 2 split runs 2 threads even on a 1-CPU share (the trials were timed at
+    the share free then); another worker count, or no calibration, gets one thread per whole
+    CPU of its share; --threads-per-worker wins over both."""
+    measured = LoaderSettings(num_workers=1, threads_per_worker=2, samples_per_sec=150.0)
+    assert worker_threads(measured, 1, 1.0, None) == 2
+    assert worker_threads(measured, 2, 0.5, None) == 1  # not the split it measured
+    assert worker_threads(measured, 1, 1.0, 3) == 3
+    default = LoaderSettings(num_workers=1, threads_per_worker=2)  # not measured
+    assert worker_threads(default, 1, 1.0, None) == 1
+    assert worker_threads(default, 1, 2.0, None) == 2
+    assert worker_threads(default, 1, 0.25, None) == 1

@@ -116,6 +116,19 @@ def parse_args(argv: list[str]) -> tuple[JobRequest, argparse.Namespace]:
         raise  # unreachable: p.error exits
 
 
+def worker_threads(
+    calibrated: LoaderSettings, workers: int, share: float, asked: int | None
+) -> int:
+    """Torch threads per training worker: those asked for; else the calibration's, where it
+    measured this many workers (its threads were timed at that split); else one per whole
+    CPU of the worker's share, at least one."""
+    if asked is not None:
+        return asked
+    if calibrated.samples_per_sec > 0 and calibrated.num_workers == workers:
+        return calibrated.threads_per_worker
+    return max(1, math.floor(share))
+
+
 def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
     settings = load_settings()
     # Relative paths are the project's (HANDAI_HOME), not those of Ray's copy of it.
@@ -141,15 +154,15 @@ def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
         if job.wild_renders:
             source = train_val(full, job.seed)[0]
             rendered = len(load_wild(source, job.wild_renders, job.seed, cache_dir).labels)
-        loader = loader_settings(args.calibrate, data_root, cache_dir)
-        loader = loader.override(
+        calibrated = loader_settings(args.calibrate, data_root, cache_dir)
+        loader = calibrated.override(
             num_workers=job.num_workers,
-            threads_per_worker=args.threads_per_worker,
             loader_workers=args.loader_workers,
-            batch_size=None,
+            batch_size=job.batch_size,  # the job's own: its learning rate was chosen for it
         )
         cpus = cpu_share(loader.num_workers, args.cpus_per_worker)
-        threads = args.threads_per_worker or max(1, math.floor(cpus))
+        threads = worker_threads(calibrated, loader.num_workers, cpus, args.threads_per_worker)
+        loader = loader.override(threads_per_worker=threads)  # what runs, in the log and summary
         cfg = TrainConfig(
             model_id=job.model_id,
             run_id=run_id,
