@@ -21,21 +21,18 @@ import os
 import platform
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from handai import int8, openvino_ir
 from handai.config import Backend
-
-if TYPE_CHECKING:
-    import openvino
+from handai.openvino_forward import OpenVINOForward
 
 PRECISION_SIZES = (1, 4, 16, 64)
 CACHE = Path(tempfile.gettempdir()) / "handai-cache"
@@ -68,24 +65,6 @@ class TorchForward:
         ):
             out: torch.Tensor = self.module(batch.to(self.device, non_blocking=True))
             return out.float().cpu()
-
-
-class OpenVINOForward:
-    """An infer request per thread, reused: a request runs one batch at a time, and callers
-    (a server's thread pool, asyncio.to_thread) may call from several threads at once."""
-
-    def __init__(self, compiled: openvino.CompiledModel, precision: str) -> None:
-        self.compiled = compiled
-        self.local = threading.local()
-        self.name = f"openvino-{precision}"
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        request = getattr(self.local, "request", None)
-        if request is None:
-            request = self.local.request = self.compiled.create_infer_request()
-        request.infer({0: batch.contiguous().numpy()})
-        # Copied: the request's output buffer is overwritten by the next batch.
-        return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
 
 @dataclass(frozen=True)

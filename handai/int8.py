@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
+from handai.openvino_forward import OpenVINOForward
 from handai.preprocess import normalize
 
 SAMPLE = Path(__file__).with_name("int8_sample.npz")
@@ -76,8 +78,8 @@ def check(float_model: Any, int8_model: Any, pixels: NDArray[np.float32]) -> Che
     core = ov.Core()
     held = pixels[CALIBRATION:]
     reference, quantized = (
-        _softmax(_logits(core.compile_model(m, "CPU", COMPILE), held))
-        for m in (float_model, int8_model)
+        _softmax(_logits(OpenVINOForward(core.compile_model(m, "CPU", COMPILE), name), held))
+        for m, name in ((float_model, "f32"), (int8_model, "int8"))
     )
     top = reference.argmax(axis=1)
     rows = np.arange(len(held))
@@ -108,13 +110,9 @@ def quantized_or_none(float_model: Any) -> tuple[Any, dict[str, Any]]:
     return int8_model, record
 
 
-def _logits(compiled: Any, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
-    request = compiled.create_infer_request()
-    out: list[NDArray[np.float32]] = []
-    for start in range(0, len(pixels), 64):
-        request.infer({0: pixels[start : start + 64]})
-        out.append(request.get_output_tensor(0).data.copy())
-    return np.concatenate(out)
+def _logits(forward: OpenVINOForward, pixels: NDArray[np.float32]) -> NDArray[np.float32]:
+    chunks = (torch.from_numpy(pixels[i : i + BATCH]) for i in range(0, len(pixels), BATCH))
+    return np.concatenate([forward(chunk).numpy() for chunk in chunks])
 
 
 def _softmax(logits: NDArray[np.float32]) -> NDArray[np.float32]:
