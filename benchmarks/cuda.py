@@ -31,7 +31,8 @@ from handai import registry
 from handai.backends import Forward, candidates, fastest
 from handai.model import build_model
 from handai.preprocess import preprocess
-from train.augment import WILD, BatchAugment
+from train.augment import BatchAugment
+from train.augment_config import WILD
 from train.data import DigitDataset, load_split, model_input, train_val
 from train.evaluate import mnist_test
 

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from handai.backends import native_bf16
 from handai.config import load_settings
 from handai.model import build_model
-from train.augment import DEFAULT, NONE
+from train.augment_config import DEFAULT, NONE
 from train.data import DigitDataset, load_split, model_input, train_val
 from train.layout import LAYOUTS, fastest_layout
 from train.trainer import TrainConfig, train_loop

@@ -47,9 +47,9 @@ from deployments.training import router as training_router
 from handai import registry
 from handai.config import load_settings
 from handai.errors import STATUS, ErrorCode, HandaiError
-from handai.inference import Prediction
 from handai.manifest import Manifest
 from handai.numbers import DigitCut
+from handai.prediction import Prediction
 from handai.preprocess import Preprocessed
 
 log = logging.getLogger("ray.serve")

@@ -8,23 +8,24 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.metrics import Histogram
 
 from deployments.metrics import stage_histogram
 from handai import registry
-from handai.backends import plan
 from handai.config import Settings, load_settings
 from handai.errors import HandaiError
-from handai.inference import N_VIEWS, Engine, Prediction
 from handai.manifest import Manifest
 from handai.numbers import DigitCut, Slot, choose, flatten
+from handai.prediction import N_VIEWS, Prediction
 from handai.preprocess import Prepared, Preprocessed
+
+if TYPE_CHECKING:
+    from handai.inference import Engine
 
 # A model id and its reading, or the error that image earned upstream.
 Answer = tuple[str, Prediction] | HandaiError
@@ -61,6 +62,10 @@ class Active:
 @serve.deployment
 class Model:
     def __init__(self) -> None:
+        # torch is imported here, in the replica, not with the module: Serve's build step
+        # imports every deployment's module, and the Ingress imports this one's types.
+        import torch
+
         self.settings: Settings = load_settings()
         if self.settings.app.threads:
             torch.set_num_threads(self.settings.app.threads)
@@ -138,6 +143,9 @@ class Model:
             log.info("active model is now %s", model_id)
 
     def _load(self, model_id: str) -> Active:
+        from handai.backends import plan
+        from handai.inference import Engine
+
         loaded = registry.load(self.settings.storage.models, model_id)
         forward = plan(
             loaded.module,

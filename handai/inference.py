@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,22 +11,8 @@ import torch.nn.functional as F  # noqa: N812
 from numpy.typing import NDArray
 
 from handai.backends import Forward
+from handai.prediction import N_VIEWS, ROTATIONS, SHIFTS, TOP_K, Prediction
 from handai.preprocess import BACKGROUND
-
-# Identity, four one-pixel shifts (dx, dy), four small rotations (degrees).
-SHIFTS = ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1))
-ROTATIONS = (-6.0, -3.0, 3.0, 6.0)
-N_VIEWS = len(SHIFTS) + len(ROTATIONS)
-TOP_K = 3
-
-
-@dataclass(frozen=True)
-class Prediction:
-    digit: int
-    confidence: float
-    probs: list[float]
-    top_k: list[tuple[int, float]]
-    uncertain: bool
 
 
 def _view_thetas(side: int = 28) -> torch.Tensor:

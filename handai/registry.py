@@ -6,6 +6,10 @@ or failed install leaves the registry as it was.
 
 `ACTIVE` is the one record of which model is live. Activation writes it, then asks Serve to
 reconfigure the Model replicas, which read it; a replica that starts later reads it too.
+
+torch is imported where weights are read or written, not with the module: the Ingress lists,
+activates and records models through it, and torch would cost it seconds at every start and
+~600 MB it never uses for reads.
 """
 
 from __future__ import annotations
@@ -18,10 +22,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from handai.errors import HandaiError
 from handai.manifest import (
@@ -31,8 +32,10 @@ from handai.manifest import (
     new_manifest,
     parse_manifest,
 )
-from handai.model import build_model
 from handai.storage import Place, remove_tree, write_whole
+
+if TYPE_CHECKING:
+    from torch import nn
 
 MODEL_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
@@ -65,6 +68,10 @@ def sha256_of(data: bytes) -> str:
 
 def load_checked(manifest: Manifest, weights: bytes) -> nn.Module:
     """Checksum, safe unpickling, shapes, strict load and a trial forward pass."""
+    import torch
+
+    from handai.model import build_model
+
     if manifest.sha256 is not None and sha256_of(weights) != manifest.sha256:
         raise HandaiError("invalid_model", "model.pt: sha256 does not match the manifest")
     check_archive(weights)
@@ -215,6 +222,8 @@ def save(
     **extra: Any,
 ) -> Manifest:
     """Write a model folder (training's artifacts) with a manifest that carries its sha256."""
+    import torch
+
     buffer = io.BytesIO()
     torch.save({k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, buffer)
     weights = buffer.getvalue()

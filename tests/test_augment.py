@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from train.augment import DEFAULT, NONE, WILD, AugmentConfig, build_augment
+from train.augment import build_augment
+from train.augment_config import DEFAULT, NONE, WILD, AugmentConfig
 
 
 def bars(n: int = 16) -> torch.Tensor:

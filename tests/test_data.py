@@ -14,7 +14,8 @@ from train import evaluate as train_evaluate
 from train import numbers as train_numbers
 from train import shapes as train_shapes
 from train import wild
-from train.augment import AugmentConfig, build_augment
+from train.augment import build_augment
+from train.augment_config import AugmentConfig
 from train.data import (
     IMAGES_MAGIC,
     LABELS_MAGIC,

@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from handai import backends, openvino_ir
 from handai.backends import Planned, TorchForward, candidates, native_bf16, plan
-from handai.inference import N_VIEWS, Engine, tta_views
+from handai.inference import Engine, tta_views
 from handai.model import build_model
+from handai.prediction import N_VIEWS
 from handai.preprocess import BACKGROUND
 
 MODEL = build_model().eval()

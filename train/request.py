@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from handai.manifest import ModelId
-from train import augment as aug
+from train import augment_config as aug
 
 
 class JobRequest(BaseModel):

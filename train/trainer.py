@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 from handai.backends import native_bf16
 from handai.model import build_model
 from handai.storage import location, write_whole
-from train.augment import NONE, AugmentConfig, build_augment
+from train.augment import build_augment
+from train.augment_config import NONE, AugmentConfig
 from train.data import DigitDataset, joined, load_split, load_wild, model_input, train_val
 from train.events import Events
 from train.layout import LAYOUTS, fastest_layout
