@@ -122,7 +122,7 @@ def worker_threads(
     """Torch threads per training worker: those asked for; else the calibration's, where it
     measured this many workers (its threads were timed at that split); else one per whole
     CPU of the worker's share, at least one."""
-    if asked is not None:
+    if asked:  # 0, as before, means not asked
         return asked
     if calibrated.samples_per_sec > 0 and calibrated.num_workers == workers:
         return calibrated.threads_per_worker
