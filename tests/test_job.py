@@ -2,11 +2,13 @@
 jobs in test_training.py and test_multinode.py run it against real clusters), and what its
 command line takes."""
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
 from train.calibrate import LoaderSettings
-from train.job import parse_args, worker_threads
+from train.job import figure_threads, parse_args, worker_threads
 from train.placement import MIN_CPU_SHARE, widest_share, workers_that_fit
 from train.request import JobRequest
 
@@ -73,3 +75,10 @@ def test_worker_threads_follow_the_calibration_for_the_split_it_measured() -> No
     assert worker_threads(default, 1, 1.0, None) == 1
     assert worker_threads(default, 1, 2.0, None) == 2
     assert worker_threads(default, 1, 0.25, None) == 1
+
+
+def test_the_final_figures_use_the_whole_cpus_training_held_on_this_node() -> None:
+    assert figure_threads(2 * 0.5) == 1  # make serve's cluster: two workers of half a CPU
+    assert figure_threads(0.25) == 1  # a sliver still scores
+    assert figure_threads(1.5) == 1
+    assert figure_threads(1000.0) == os.cpu_count()  # workers on other nodes: this node's

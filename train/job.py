@@ -40,6 +40,7 @@ from train.trainer import (
     default_memory_limit_mb,
     load_checkpoint_model,
     train_loop,
+    yield_to_serving,
 )
 
 log = logging.getLogger("train.job")
@@ -127,6 +128,11 @@ def worker_threads(
     if calibrated.samples_per_sec > 0 and calibrated.num_workers == workers:
         return calibrated.threads_per_worker
     return max(1, math.floor(share))
+
+
+def figure_threads(training_cpus: float) -> int:
+    """Threads for the final figures: the whole CPUs training held, at most this node's."""
+    return max(1, min(os.cpu_count() or 1, math.floor(training_cpus)))
 
 
 def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
@@ -219,6 +225,11 @@ def run(job: JobRequest, args: argparse.Namespace) -> dict[str, Any]:
         if best is None:
             raise RuntimeError("training reported no checkpoint")
         model = load_checkpoint_model(best)
+        # The figures run here, in the driver, which Ray starts with one thread at normal
+        # priority: give them the CPUs training held (free now) and yield to serving as the
+        # workers did.
+        torch.set_num_threads(figure_threads(loader.num_workers * cpus))
+        yield_to_serving()
         summary = _calibrate_and_save(
             model,
             job,
