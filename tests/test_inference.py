@@ -15,6 +15,7 @@ from handai.prediction import N_VIEWS
 from handai.preprocess import BACKGROUND
 
 MODEL = build_model().eval()
+SHA = "cd" * 32  # MODEL's key in the conversion cache: its weights are new each run
 
 
 @pytest.fixture(scope="module")
@@ -91,15 +92,35 @@ def test_each_batch_runs_on_the_forward_chosen_for_its_size() -> None:
 
 @pytest.fixture(scope="module")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """MODEL's weights are new each run: its conversion is kept for this module's tests."""
-    return tmp_path_factory.mktemp("model-cache")
+    """MODEL converted once for this module's tests (a conversion is ~40 s on a slow CPU), as
+    a replica converts a new model: in a child process. torch.export and OpenVINO's converter
+    hold the GIL for seconds, and a replica converting a new model itself stopped answering
+    reads, so converting here fails."""
+    cache = tmp_path_factory.mktemp("model-cache")
+
+    def here(module: object) -> None:
+        raise AssertionError("converted in the serving process")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(backends, "CACHE", cache)
+        patch.setattr(openvino_ir, "convert", here)
+        assert "openvino-f32" in candidates(MODEL, SHA, "openvino", threads=1)
+    return cache
+
+
+def test_the_conversion_runs_in_a_process_of_its_own(model_cache: Path) -> None:
+    """The fixture's conversion ran in a child (here it would have failed), and left the
+    converted model and nothing else: no half-written model, nor the weights handed over."""
+    assert list(model_cache.glob("openvino/cdcd*/model.xml"))
+    assert not list(model_cache.glob("openvino/*.tmp"))
+    assert not list(model_cache.glob("openvino/tmp*"))
 
 
 def test_openvino_gives_the_logits_of_torch(
     model_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(backends, "CACHE", model_cache)
-    forwards = candidates(MODEL, "0" * 64, "openvino", threads=2)
+    forwards = candidates(MODEL, SHA, "openvino", threads=2)
     assert "openvino-f32" in forwards
     batch = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(4))
     expected = TorchForward(MODEL)(batch)
@@ -110,35 +131,12 @@ def test_openvino_gives_the_logits_of_torch(
     )
 
 
-def test_the_conversion_runs_in_a_process_of_its_own(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """torch.export and OpenVINO's converter hold the GIL for seconds: a replica converting a
-    new model itself stopped answering reads. Converting here fails, and the model converts
-    (in a child process), is cached and gives torch's logits."""
-    monkeypatch.setattr(backends, "CACHE", tmp_path)
-
-    def here(module: object) -> None:
-        raise AssertionError("converted in the serving process")
-
-    monkeypatch.setattr(openvino_ir, "convert", here)
-    forwards = candidates(MODEL, "cd" * 32, "openvino", threads=1)
-    assert "openvino-f32" in forwards
-    assert list(tmp_path.glob("openvino/cdcd*/model.xml"))
-    assert not list(tmp_path.glob("openvino/*.tmp"))  # no half-written model left
-    assert not list(tmp_path.glob("openvino/tmp*"))  # nor the weights handed to the child
-    batch = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(5))
-    torch.testing.assert_close(
-        forwards["openvino-f32"](batch), TorchForward(MODEL)(batch), atol=1e-3, rtol=1e-3
-    )
-
-
 def test_openvino_answers_threads_calling_at_once(
     model_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A server's thread pool calls one forward from several threads (benchmarks/baseline)."""
     monkeypatch.setattr(backends, "CACHE", model_cache)
-    forward = candidates(MODEL, "0" * 64, "openvino", threads=1)["openvino-f32"]
+    forward = candidates(MODEL, SHA, "openvino", threads=1)["openvino-f32"]
     batches = [
         torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(i)) for i in range(8)
     ]
@@ -179,14 +177,14 @@ def test_a_prior_is_multiplied_into_the_probabilities(engine: Engine) -> None:
 
 
 def test_the_choice_and_the_conversion_are_remembered(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    model_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A restarted replica neither times the candidates again nor converts the model again."""
-    monkeypatch.setattr(backends, "CACHE", tmp_path)
-    first = plan(MODEL, "ab" * 32, "resnet18", "auto", threads=2, sizes=(1, 16))
+    """A restarted replica neither times the candidates again nor converts the model again
+    (the fixture converted it as a replica's first start does)."""
+    monkeypatch.setattr(backends, "CACHE", model_cache)
+    first = plan(MODEL, SHA, "resnet18", "auto", threads=2, sizes=(1, 16))
     assert set(first.by_size) == {1, 16}
-    assert list(tmp_path.glob("plan-*.json"))
-    assert list(tmp_path.glob("openvino/abab*/model.xml"))
+    assert list(model_cache.glob("plan-*.json"))
     calls: list[object] = []
 
     def measure(*args: object) -> dict[int, str]:
@@ -198,7 +196,7 @@ def test_the_choice_and_the_conversion_are_remembered(
 
     monkeypatch.setattr(backends, "fastest", measure)
     monkeypatch.setattr("openvino.convert_model", convert)
-    again = plan(MODEL, "ab" * 32, "resnet18", "auto", threads=2, sizes=(1, 16))
+    again = plan(MODEL, SHA, "resnet18", "auto", threads=2, sizes=(1, 16))
     assert calls == []
     assert {s: f.name for s, f in again.by_size.items()} == {
         s: f.name for s, f in first.by_size.items()

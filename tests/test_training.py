@@ -249,17 +249,9 @@ def submit_cli(
     )
 
 
-def test_restarted_run_resumes_from_its_checkpoint(service: Service, listener: Listener) -> None:
-    run = service.artifacts / "runs" / "resume-run"
-    first = submit_cli(service, "resume-1")
-    deadline = time.monotonic() + 600
-    while not list(run.glob("checkpoint_*")) and time.monotonic() < deadline:
-        assert first.poll() is None, first.communicate()[0][-3000:]
-        time.sleep(1)
-    assert list(run.glob("checkpoint_*")), "no checkpoint after the first epoch"
-    # An interrupted run: the operator stops the job after its first checkpoint.
+def stop_job(service: Service, job_id: str) -> None:
     stop = subprocess.run(
-        [str(BIN / "ray"), "job", "stop", "--address", service.dashboard, "resume-1"],
+        [str(BIN / "ray"), "job", "stop", "--address", service.dashboard, job_id],
         env=service.env,
         capture_output=True,
         text=True,
@@ -267,17 +259,6 @@ def test_restarted_run_resumes_from_its_checkpoint(service: Service, listener: L
         check=False,
     )
     assert stop.returncode == 0, stop.stderr
-    first.wait(timeout=120)
-    second = submit_cli(service, "resume-2")
-    output = second.communicate(timeout=900)[0]
-    assert second.returncode == 0, output[-3000:]
-    # Resumed, not restarted: epoch 1 ran once (first job), epoch 2 once (second job).
-    events = listener.of("e2e-resume")
-    epochs = [e["epoch"] for e in events if e["type"].endswith(".epoch.v1")]
-    assert epochs == [1, 2], epochs
-    assert [e["type"] for e in events].count("digits.train.started.v1") == 1
-    manifest = parse_manifest((service.artifacts / "e2e-resume" / MANIFEST_FILE).read_bytes())
-    assert manifest.model_dump()["epochs"] == 2
 
 
 def train_worker_pids(service: Service) -> list[int]:
@@ -291,28 +272,48 @@ def train_worker_pids(service: Service) -> list[int]:
     return [int(a.pid) for a in actors if a.pid]
 
 
-def test_a_killed_training_worker_resumes_from_its_last_checkpoint(
+def test_a_stopped_run_and_a_killed_worker_both_resume_from_the_last_checkpoint(
     service: Service, listener: Listener
 ) -> None:
-    """A worker process killed mid-epoch (OOM killer, a lost node): Ray Train restarts the
-    group (FailureConfig) and the loop resumes from the last checkpoint; the job succeeds."""
-    run = service.artifacts / "runs" / "failover-run"
-    job = submit_cli(service, "failover-1", model_id="e2e-failover", run_name="failover-run")
+    """Two interruptions of one run, each costing at most the epoch under way (one run for
+    both: a training job is minutes on a 2-core machine). The operator stops the job after
+    its first checkpoint and submits it again under the same run name; then, mid-epoch in
+    that resumed job, a worker process is killed (OOM killer, a lost node): Ray Train
+    restarts the group (FailureConfig), which resumes from the checkpoint again."""
+    run = service.artifacts / "runs" / "resume-run"
+    first = submit_cli(service, "resume-1")
     deadline = time.monotonic() + 600
     while not list(run.glob("checkpoint_*")) and time.monotonic() < deadline:
-        assert job.poll() is None, job.communicate()[0][-3000:]
+        assert first.poll() is None, first.communicate()[0][-3000:]
+        time.sleep(1)
+    assert list(run.glob("checkpoint_*")), "no checkpoint after the first epoch"
+    stop_job(service, "resume-1")
+    first.wait(timeout=120)
+    time.sleep(1)  # the stopped job's last events delivered
+    seen = len(listener.of("e2e-resume"))
+    second = submit_cli(service, "resume-2")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # the resumed job is training epoch 2
+        assert second.poll() is None, second.communicate()[0][-3000:]
+        if any(e["type"].endswith(".batch.v1") for e in listener.of("e2e-resume")[seen:]):
+            break
         time.sleep(0.5)
-    time.sleep(2)  # the checkpoint registered; epoch 2 (about 20 s) under way
     pids = train_worker_pids(service)
     assert pids, "no training worker found"
     os.kill(pids[0], signal.SIGKILL)
-    output = job.communicate(timeout=900)[0]
-    assert job.returncode == 0, output[-3000:]
-    events = listener.of("e2e-failover")
+    output = second.communicate(timeout=900)[0]
+    assert second.returncode == 0, output[-3000:]
+    events = listener.of("e2e-resume")
+    # Epoch 1 ran once (first job) and epoch 2 was completed once (by the restarted group).
     epochs = [e["epoch"] for e in events if e["type"].endswith(".epoch.v1")]
-    assert epochs == [1, 2], epochs  # epoch 1 was not trained again
+    assert epochs == [1, 2], epochs
+    resumed = [e for e in events[seen:] if e["type"].endswith(".batch.v1")]
+    assert resumed and all(e["epoch"] == 2 for e in resumed), resumed
     types = [e["type"] for e in events]
     assert types.count("digits.train.started.v1") == 1 and types[-1].endswith("completed.v1")
+    manifest = parse_manifest((service.artifacts / "e2e-resume" / MANIFEST_FILE).read_bytes())
+    assert manifest.model_dump()["epochs"] == 2
+    assert "resuming at epoch 2" in output  # the restarted group's log, in the job's
 
 
 def readme_block(marker: str) -> str:
