@@ -148,17 +148,10 @@ def test_ctrl_c_kill_9_and_make_stop_all_leave_a_clean_start(run: Run) -> None:
     run.assert_clean()
 
 
-def test_make_stop_beside_a_running_serve_ends_that_serve_too(run: Run) -> None:
-    """Left alive, the old `make serve` would stop the next cluster from this folder when a
-    later signal (its terminal closing) reached it."""
-    first = run.serve()
-    stopped = subprocess.run(run.command("stop"), cwd=ROOT, capture_output=True, text=True)
-    assert stopped.returncode == 0, stopped.stderr
-    first.wait(timeout=30)  # killed: it does not linger asleep
-    run.assert_clean()
-
-
-def test_a_second_serve_of_the_same_project_is_refused(run: Run) -> None:
+def test_beside_a_running_serve_a_second_is_refused_and_make_stop_ends_it(run: Run) -> None:
+    """A second `make serve` of the same project is refused and leaves the first serving;
+    `make stop` ends the running one too (left alive, the old `make serve` would stop the next
+    cluster from this folder when a later signal, its terminal closing, reached it)."""
     first = run.serve()
     try:
         second = subprocess.run(
@@ -166,9 +159,13 @@ def test_a_second_serve_of_the_same_project_is_refused(run: Run) -> None:
         )
         assert second.returncode != 0 and "already serving" in second.stderr
         assert httpx.get(f"http://127.0.0.1:{run.http}/readyz", timeout=30).status_code == 200
+        stopped = subprocess.run(run.command("stop"), cwd=ROOT, capture_output=True, text=True)
+        assert stopped.returncode == 0, stopped.stderr
+        first.wait(timeout=30)  # killed: it does not linger asleep
     finally:
-        ctrl_c(first)
-        first.wait(timeout=120)
+        if first.poll() is None:
+            ctrl_c(first)
+            first.wait(timeout=120)
     run.assert_clean()
 
 
