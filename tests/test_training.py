@@ -249,18 +249,6 @@ def submit_cli(
     )
 
 
-def stop_job(service: Service, job_id: str) -> None:
-    stop = subprocess.run(
-        [str(BIN / "ray"), "job", "stop", "--address", service.dashboard, job_id],
-        env=service.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert stop.returncode == 0, stop.stderr
-
-
 def train_worker_pids(service: Service) -> list[int]:
     from ray.util.state import list_actors
 
@@ -287,7 +275,16 @@ def test_a_stopped_run_and_a_killed_worker_both_resume_from_the_last_checkpoint(
         assert first.poll() is None, first.communicate()[0][-3000:]
         time.sleep(1)
     assert list(run.glob("checkpoint_*")), "no checkpoint after the first epoch"
-    stop_job(service, "resume-1")
+    # An interrupted run: the operator stops the job after its first checkpoint.
+    stop = subprocess.run(
+        [str(BIN / "ray"), "job", "stop", "--address", service.dashboard, "resume-1"],
+        env=service.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert stop.returncode == 0, stop.stderr
     first.wait(timeout=120)
     time.sleep(1)  # the stopped job's last events delivered
     seen = len(listener.of("e2e-resume"))

@@ -35,8 +35,9 @@ from train.layout import LAYOUTS, fastest_layout
 log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 NICENESS = 19  # the lowest OS priority: serving shares these cores and goes first
-# Images per forward pass when scoring on a CPU: 28x28 activations of 64 images stay in cache;
-# at 512 a pass took 26.6 ms an image against 19.7 (1 thread, AVX2 EPYC).
+# Images per forward pass when scoring (logits_of, validation): on a CPU 28x28 activations of 64
+# images stay in cache; at 512 a pass took 26.6 ms an image against 19.7 (1 thread, AVX2 EPYC).
+# Not measured on a GPU, where validation is a small part of an epoch either way.
 EVAL_BATCH = 64
 
 
